@@ -1,0 +1,256 @@
+"""The plugin contract and the registry that finds plugins through entry points.
+
+A plugin package registers a ``Backend`` subclass in the entry point group ``inc.backends``::
+
+    [project.entry-points."inc.backends"]
+    onnxrt = "inc_ort.backend:OrtBackend"
+
+The core owns the tuning loop; a backend answers questions about one framework's models.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .errors import BackendNotAvailable, ModelError, not_allowed
+from .space import Capability, OpInfo, QuantPlan, TensorRanges
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "inc.backends"
+
+
+class Backend(abc.ABC):
+    """One framework's quantization engine as the core sees it.
+
+    Class attributes describe the plugin; the methods are called by the core in this order:
+    ``accepts`` -> ``load_model`` -> ``ops`` / ``capability`` -> ``calibrate`` -> ``quantize``
+    -> (``evaluate`` / ``latency``) -> ``save``. ``load`` is called by ``inc_core.load``.
+    """
+
+    #: entry point name and the ``backend`` key written to inc.json, e.g. "onnxrt"
+    name: ClassVar[str]
+    #: distribution to install for this backend, e.g. "inc-ort"
+    package: ClassVar[str]
+    #: value of ``METRICS(framework)`` and of the spec's framework names, e.g. "onnxrt"
+    framework: ClassVar[str]
+    #: scheme convention in ``inc_core.scheme`` this backend's kernels follow
+    convention: ClassVar[str]
+    #: config ``backend`` values this plugin serves (the spec's backend table)
+    config_backends: ClassVar[tuple[str, ...]] = ("default",)
+    #: generic op type names users may write in ``op_type_dict`` -> native types
+    op_type_aliases: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    #: lower is asked first when several backends are installed
+    priority: ClassVar[int] = 100
+
+    @classmethod
+    @abc.abstractmethod
+    def accepts(cls, model: Any) -> bool:
+        """Whether ``model`` (an object or a path) is this framework's.
+
+        Called for every installed backend on each ``fit``; must not import the framework
+        unless the model could be its own (check ``type(model).__module__`` or a file suffix).
+        """
+
+    def load_model(self, model: Any, conf: Any) -> Any:
+        """Turn the user's model (object or path) into the object the other hooks take.
+
+        Never mutates or moves the user's object or file: copy when a change is needed.
+        """
+        return model
+
+    @abc.abstractmethod
+    def ops(self, model: Any) -> list[OpInfo]:
+        """The quantizable ops, in model order, named as users write them in ``op_name_dict``."""
+
+    @abc.abstractmethod
+    def capability(self, approach: str, device: str) -> Capability:
+        """Per op type, the schemes the kernels run for ``approach`` ("static"/"dynamic")."""
+
+    def check_config(self, conf: Any) -> None:
+        """Reject settings this backend cannot honour (device absent, provider missing, ...)."""
+
+    @abc.abstractmethod
+    def calibrate(self, model: Any, dataloader: Iterable[Any], plan: QuantPlan) -> TensorRanges:
+        """Run ``model`` on the calibration inputs and return activation ranges for ``plan``.
+
+        ``dataloader`` yields model inputs only (labels already stripped by the core), at most
+        ``calibration_sampling_size`` samples. Called once per distinct calibration need.
+        """
+
+    @abc.abstractmethod
+    def quantize(self, model: Any, plan: QuantPlan, ranges: TensorRanges) -> Any:
+        """Build the quantized native model for ``plan``. Pure: ``model`` is not modified."""
+
+    def evaluate(self, model: Any, dataloader: Iterable[Any], metric: Any) -> float:
+        """Run ``model`` over ``(input, label)`` batches, feed ``metric.update(pred, label)``.
+
+        Called for the baseline and each candidate when the user gave ``eval_dataloader``.
+        """
+        from .data import labelled_batches
+
+        metric.reset()
+        for inputs, label in labelled_batches(dataloader):
+            metric.update(self.predict(model, inputs), label)
+        return float(metric.result())
+
+    def predict(self, model: Any, inputs: Any) -> Any:
+        """Outputs of ``model`` on one batch of inputs, as numpy (evaluation, sensitivity)."""
+        raise NotImplementedError(f"backend {self.name!r} has no predict")
+
+    def user_model(self, model: Any) -> Any:
+        """The object handed to the user's ``eval_func`` for a native model (default: itself)."""
+        return model
+
+    def calibrate_with_func(self, model: Any, calib_func: Any, plan: QuantPlan) -> TensorRanges:
+        """Ranges from the user's ``calib_func(model)`` running the model (frameworks with hooks)."""
+        raise NotImplementedError(
+            f"backend {self.name!r} needs calib_dataloader; calib_func is not supported"
+        )
+
+    def latency(self, model: Any, inputs: Sequence[Any]) -> float:
+        """Median seconds per batch over ``inputs``; used by the ``performance`` objective."""
+        raise NotImplementedError(f"backend {self.name!r} does not measure latency")
+
+    def model_size(self, model: Any) -> int:
+        """Bytes of the serialized model; used by the ``modelsize`` objective."""
+        raise NotImplementedError(f"backend {self.name!r} does not measure model size")
+
+    @abc.abstractmethod
+    def save(self, model: Any, directory: Path) -> list[str]:
+        """Write ``model`` in the framework's native format into ``directory`` (which exists).
+
+        Returns the relative paths written. No pickle of code.
+        """
+
+    @abc.abstractmethod
+    def load(self, directory: Path, **kwargs: Any) -> Any:
+        """Read back what ``save`` wrote; ``kwargs`` are the user's (e.g. ``model=`` for torch)."""
+
+    # QAT hooks (frameworks that train); defaults say clearly that this backend has none.
+    def prepare_qat(self, model: Any, plan: QuantPlan) -> Any:
+        """Return a copy of ``model`` with fake quantization inserted for ``plan``, ready to train.
+
+        Called by ``CompressionManager.callbacks.on_train_begin`` and by the native callbacks.
+        """
+        raise NotImplementedError(f"backend {self.name!r} has no quantization-aware training")
+
+    def convert_qat(self, model: Any, plan: QuantPlan) -> Any:
+        """Turn a fake-quantized trained model into the int8 native model."""
+        raise NotImplementedError(f"backend {self.name!r} has no quantization-aware training")
+
+    def versions(self) -> dict[str, str]:
+        """Installed versions of the framework packages, written into inc.json."""
+        return {}
+
+
+_registered: dict[str, type[Backend]] = {}
+_skipped: dict[str, str] = {}
+_loaded_entry_points = False
+
+
+def register(backend: type[Backend]) -> type[Backend]:
+    """Register a backend class by hand (entry points do this for installed plugins)."""
+    _verify(backend)
+    _registered[backend.name] = backend
+    return backend
+
+
+def unregister(name: str) -> None:
+    _registered.pop(name, None)
+
+
+def _verify(backend: Any) -> None:
+    if not (isinstance(backend, type) and issubclass(backend, Backend)):
+        raise TypeError(f"{backend!r} is not a subclass of inc_core.backend.Backend")
+    for attr in ("name", "package", "framework", "convention"):
+        if not isinstance(getattr(backend, attr, None), str):
+            raise TypeError(
+                f"backend {backend.__qualname__} must set class attribute {attr!r} (a string)"
+            )
+    if abc.ABC in backend.__bases__ or getattr(backend, "__abstractmethods__", None):
+        missing = ", ".join(sorted(backend.__abstractmethods__))
+        raise TypeError(f"backend {backend.name!r} does not implement: {missing}")
+
+
+def _load_entry_points() -> None:
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _registered:
+            continue
+        try:
+            backend = ep.load()
+            _verify(backend)
+        except Exception as exc:  # a broken plugin must not take the others down
+            _skipped[ep.name] = f"{type(exc).__name__}: {exc}"
+            log.warning("skipping backend %s: %s", ep.name, _skipped[ep.name])
+            continue
+        _registered[ep.name] = backend
+
+
+def available() -> dict[str, type[Backend]]:
+    """Installed, loadable backends by name."""
+    _load_entry_points()
+    return dict(_registered)
+
+
+def skipped() -> dict[str, str]:
+    """Backends whose plugin failed to load, with why."""
+    _load_entry_points()
+    return dict(_skipped)
+
+
+# Which plugin a user needs for a model, judged by type(model).__module__ or file suffix.
+INSTALL_HINTS: tuple[tuple[Callable[[str], bool], str], ...] = (
+    (lambda m: m.startswith("torch") or m.startswith("lightning"), "inc-torch"),
+    (lambda m: m.startswith(("keras", "tensorflow", "tf_keras")), "inc-tf"),
+    (lambda m: m.startswith(("onnx", "onnxruntime")) or m.endswith(".onnx"), "inc-ort"),
+    (lambda m: m.startswith("mxnet") or m.endswith(("-symbol.json", ".params")), "inc-mxnet"),
+)
+BACKEND_PACKAGES = {
+    "onnxrt": "inc-ort",
+    "pytorch": "inc-torch",
+    "tensorflow": "inc-tf",
+    "mxnet": "inc-mxnet",
+}
+
+
+def by_name(name: str) -> Backend:
+    """The backend registered as ``name``; an error (never a skip) when it is not installed."""
+    backends = available()
+    if name in backends:
+        return backends[name]()
+    if name in _skipped:
+        raise BackendNotAvailable(
+            f"backend {name!r} is installed but failed to load: {_skipped[name]}"
+        )
+    if name in BACKEND_PACKAGES:
+        raise BackendNotAvailable(
+            f"backend {name!r} is not installed. Install it with: pip install {BACKEND_PACKAGES[name]}"
+        )
+    raise not_allowed("backend name", name, sorted(set(backends) | set(BACKEND_PACKAGES)))
+
+
+def for_model(model: Any) -> Backend:
+    """The first installed backend (by priority) that accepts ``model``."""
+    backends = sorted(available().values(), key=lambda b: (b.priority, b.name))
+    for backend in backends:
+        if backend.accepts(model):
+            return backend()
+    module = type(model).__module__
+    where = str(model) if isinstance(model, (str, Path)) else module
+    hint = next((pkg for test, pkg in INSTALL_HINTS if test(where.lower())), None)
+    installed = ", ".join(b.name for b in backends) or "none"
+    suffix = f" Install the plugin for it: pip install {hint}" if hint else ""
+    raise ModelError(
+        f"no installed inc backend accepts a model of type {type(model).__module__}.{type(model).__qualname__}"
+        f" ({where!s}); installed backends: {installed}.{suffix}"
+    )

@@ -1,0 +1,429 @@
+"""User-facing configuration, validated at construction.
+
+Every class is a frozen dataclass whose fields are the names INC 2.x users already write.
+A wrong key, type or value raises ``ConfigError`` (a ``ValueError``) that names the key, the bad
+value and the allowed values, with the closest spelling when there is one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import ConfigError, closest, not_allowed
+from .scheme import GRANULARITIES, SCHEMES
+from .space import ALGORITHMS, ALL_DTYPES
+
+APPROACHES = ("auto", "static", "dynamic")
+QUANT_FORMATS = ("default", "QDQ", "QOperator")
+DOMAINS = ("auto", "cv", "object_detection", "nlp", "recommendation_system")
+QUANT_LEVELS = ("auto", 0, 1)
+EXCLUDABLE_PRECISIONS = ("bf16", "fp16")
+STRATEGIES = (
+    "auto",
+    "conservative",
+    "basic",
+    "mse",
+    "mse_v2",
+    "sensitivity",
+    "bayesian",
+    "exhaustive",
+    "random",
+)
+OBJECTIVES = ("performance", "accuracy", "modelsize", "footprint")
+GRAPH_OPTIMIZATION_LEVELS = ("DISABLE_ALL", "ENABLE_BASIC", "ENABLE_EXTENDED", "ENABLE_ALL")
+
+# The spec's "Specify Quantization Backend and Device" table: backend value -> devices.
+BACKEND_DEVICES: dict[str, tuple[str, ...]] = {
+    "default": ("cpu",),
+    "ipex": ("cpu", "xpu"),
+    "itex": ("cpu", "gpu"),
+    "onnxrt_trt_ep": ("gpu",),
+    "onnxrt_cuda_ep": ("gpu",),
+    "onnxrt_dnnl_ep": ("cpu",),
+    "onnxrt_dml_ep": ("npu",),
+}
+DEVICES = ("cpu", "gpu", "xpu", "npu")
+
+RULE_TENSORS = ("activation", "weight")
+RULE_FIELDS: dict[str, tuple[str, ...]] = {
+    "dtype": ALL_DTYPES,
+    "scheme": SCHEMES,
+    "granularity": GRANULARITIES,
+    "algorithm": ALGORITHMS,
+}
+
+# recipe name -> check of its value (raises ConfigError) ; the spec's recipe table.
+_BOOL_RECIPES = (
+    "smooth_quant",
+    "fast_bias_correction",
+    "weight_correction",
+    "first_conv_or_matmul_quantization",
+    "last_conv_or_matmul_quantization",
+    "pre_post_process_quantization",
+    "gemm_to_matmul",
+    "add_qdq_pair_to_weight",
+    "dedicated_qdq_pair",
+)
+RECIPES = (
+    *_BOOL_RECIPES,
+    "smooth_quant_args",
+    "graph_optimization_level",
+    "optypes_to_exclude_output_quant",
+)
+SMOOTH_QUANT_ARGS = ("alpha", "folding", "op_types", "scale_sharing", "auto_alpha_args")
+
+OpRules = dict[str, dict[str, dict[str, tuple[str, ...]]]]
+"""op name or type -> tensor ("activation"/"weight") -> field -> allowed values in order."""
+
+
+def _check_choice(key: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise not_allowed(key, value, allowed)
+
+
+def _check_type(key: str, value: Any, types: type | tuple[type, ...], described: str) -> None:
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+        raise ConfigError(f"{key} must be {described}, got {type(value).__name__} {value!r}")
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _strict_init(cls: type) -> type:
+    """Make unknown keyword arguments a ``ConfigError`` that names the key and the allowed ones."""
+    init = cls.__init__  # type: ignore[misc]
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    @functools.wraps(init)
+    def checked_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        for key in kwargs:
+            if key not in names:
+                hint = closest(key, names)
+                suggestion = f"; did you mean {hint!r}?" if hint else ""
+                raise ConfigError(
+                    f"{cls.__name__} got an unknown key {key!r}{suggestion} Allowed keys: {', '.join(names)}"
+                )
+        init(self, *args, **kwargs)
+
+    cls.__init__ = checked_init  # type: ignore[misc]
+    return cls
+
+
+def _normalize_rules(which: str, rules: Mapping[str, Any] | None, regex_keys: bool) -> OpRules:
+    if rules is None:
+        return {}
+    _check_type(which, rules, Mapping, "a dict of op -> {'activation': {...}, 'weight': {...}}")
+    normalized: OpRules = {}
+    for op_key, tensors in rules.items():
+        where = f"{which}[{op_key!r}]"
+        _check_type(f"{which} key", op_key, str, "a string")
+        if regex_keys:
+            try:
+                re.compile(op_key)
+            except re.error as exc:
+                raise ConfigError(f"{where}: not a valid regular expression ({exc})") from exc
+        _check_type(where, tensors, Mapping, "a dict with keys 'activation' and/or 'weight'")
+        normalized[op_key] = {}
+        for tensor, fields in tensors.items():
+            _check_choice(f"{where} tensor", tensor, RULE_TENSORS)
+            _check_type(
+                f"{where}[{tensor!r}]",
+                fields,
+                Mapping,
+                "a dict of dtype/scheme/granularity/algorithm",
+            )
+            normalized[op_key][tensor] = {}
+            for name, values in fields.items():
+                _check_choice(f"{where}[{tensor!r}] key", name, tuple(RULE_FIELDS))
+                listed = [values] if isinstance(values, str) else values
+                _check_type(
+                    f"{where}[{tensor!r}][{name!r}]",
+                    listed,
+                    (list, tuple),
+                    "a string or list of strings",
+                )
+                if not listed:
+                    raise ConfigError(
+                        f"{where}[{tensor!r}][{name!r}] is empty; give at least one value"
+                    )
+                for value in listed:
+                    _check_choice(f"{where}[{tensor!r}][{name!r}]", value, RULE_FIELDS[name])
+                normalized[op_key][tensor][name] = tuple(listed)
+    return normalized
+
+
+def _check_recipes(recipes: Mapping[str, Any]) -> dict[str, Any]:
+    _check_type("recipes", recipes, Mapping, "a dict")
+    for name, value in recipes.items():
+        _check_choice("recipes key", name, RECIPES)
+        key = f"recipes[{name!r}]"
+        if name in _BOOL_RECIPES:
+            _check_type(key, value, bool, "True or False")
+        elif name == "graph_optimization_level":
+            _check_choice(key, value, GRAPH_OPTIMIZATION_LEVELS)
+        elif name == "optypes_to_exclude_output_quant":
+            _check_type(key, value, (list, tuple), "a list of op type names")
+            for item in value:
+                _check_type(key, item, str, "a list of op type names")
+        elif name == "smooth_quant_args":
+            _check_type(key, value, Mapping, "a dict such as {'alpha': 0.5}")
+            for arg, arg_value in value.items():
+                _check_choice(f"{key} key", arg, SMOOTH_QUANT_ARGS)
+                if arg == "alpha":
+                    _check_alpha(f"{key}['alpha']", arg_value)
+    return dict(recipes)
+
+
+def _check_alpha(key: str, alpha: Any) -> None:
+    if alpha == "auto":
+        return
+    values = alpha if isinstance(alpha, (list, tuple)) else [alpha]
+    for value in values:
+        _check_type(key, value, (int, float), "a float in [0, 1], a list of them, or 'auto'")
+        if not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(f"{key}={value!r} is outside [0, 1]")
+
+
+@_strict_init
+@dataclass(frozen=True)
+class AccuracyCriterion:
+    """How much accuracy the quantized model may lose against the fp32 baseline."""
+
+    higher_is_better: bool = True
+    criterion: str = "relative"
+    tolerable_loss: float = 0.01
+
+    def __post_init__(self) -> None:
+        _check_type("higher_is_better", self.higher_is_better, bool, "True or False")
+        _check_choice("criterion", self.criterion, ("relative", "absolute"))
+        _check_type("tolerable_loss", self.tolerable_loss, (int, float), "a number")
+        if self.tolerable_loss < 0 or (self.criterion == "relative" and self.tolerable_loss >= 1):
+            upper = "1 (exclusive)" if self.criterion == "relative" else "any positive number"
+            raise ConfigError(
+                f"tolerable_loss={self.tolerable_loss!r} must be between 0 and {upper}"
+            )
+
+    def loss(self, baseline: float, accuracy: float) -> float:
+        """How much worse ``accuracy`` is than ``baseline``, in this criterion's unit (<0 is a gain)."""
+        drop = baseline - accuracy if self.higher_is_better else accuracy - baseline
+        if self.criterion == "absolute":
+            return drop
+        return drop / abs(baseline) if baseline != 0 else drop
+
+    def is_met(self, baseline: float, accuracy: float) -> bool:
+        return self.loss(baseline, accuracy) <= self.tolerable_loss + 1e-12
+
+
+@_strict_init
+@dataclass(frozen=True)
+class TuningCriterion:
+    """Which strategy searches, and when it stops."""
+
+    strategy: str = "basic"
+    timeout: float = 0
+    max_trials: int = 100
+    objective: str | tuple[str, ...] | Mapping[str, float] = "performance"
+    strategy_kwargs: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_type(
+            "timeout",
+            self.timeout,
+            (int, float),
+            "a number of seconds (0 = stop at the first pass)",
+        )
+        if self.timeout < 0:
+            raise ConfigError(f"timeout={self.timeout!r} must be >= 0")
+        _check_type("max_trials", self.max_trials, int, "a positive integer")
+        if self.max_trials < 1:
+            raise ConfigError(f"max_trials={self.max_trials!r} must be >= 1")
+        objectives = self.objective_weights()
+        for name, weight in objectives.items():
+            _check_choice("objective", name, OBJECTIVES)
+            _check_type(f"objective weight of {name!r}", weight, (int, float), "a number")
+        if self.strategy_kwargs is not None:
+            _check_type("strategy_kwargs", self.strategy_kwargs, Mapping, "a dict")
+
+    def objective_weights(self) -> dict[str, float]:
+        """The objective as {name: weight}; a single name weighs 1."""
+        if isinstance(self.objective, str):
+            return {self.objective: 1.0}
+        if isinstance(self.objective, Mapping):
+            return {str(k): v for k, v in self.objective.items()}
+        if isinstance(self.objective, (list, tuple)):
+            return {str(name): 1.0 / len(self.objective) for name in self.objective}
+        raise ConfigError(
+            f"objective must be a name, a list of names or a dict of weights, got {self.objective!r}; "
+            f"allowed names: {', '.join(OBJECTIVES)}"
+        )
+
+
+@dataclass(frozen=True)
+class _QuantConfig:
+    """Fields shared by post-training and quantization-aware configs."""
+
+    device: str = "cpu"
+    backend: str = "default"
+    inputs: Sequence[str] = ()
+    outputs: Sequence[str] = ()
+    op_type_dict: Mapping[str, Any] | None = None
+    op_name_dict: Mapping[str, Any] | None = None
+    reduce_range: bool | None = None
+    quant_format: str = "default"
+    excluded_precisions: Sequence[str] = ()
+    quant_level: str | int = "auto"
+    accuracy_criterion: AccuracyCriterion = field(default_factory=AccuracyCriterion)
+    tuning_criterion: TuningCriterion = field(default_factory=TuningCriterion)
+
+    def __post_init__(self) -> None:
+        _check_choice("backend", self.backend, tuple(BACKEND_DEVICES))
+        _check_choice("device", self.device, DEVICES)
+        if self.device not in BACKEND_DEVICES[self.backend]:
+            allowed = ", ".join(repr(d) for d in BACKEND_DEVICES[self.backend])
+            raise ConfigError(
+                f"device={self.device!r} is not supported by backend={self.backend!r}; allowed: {allowed}"
+            )
+        for key in ("inputs", "outputs"):
+            value = getattr(self, key)
+            _check_type(key, value, (list, tuple), "a list of tensor names")
+            object.__setattr__(self, key, tuple(value))
+        if self.reduce_range is not None:
+            _check_type("reduce_range", self.reduce_range, bool, "True, False or None (auto)")
+        _check_choice("quant_format", self.quant_format, QUANT_FORMATS)
+        _check_type("excluded_precisions", self.excluded_precisions, (list, tuple), "a list")
+        for precision in self.excluded_precisions:
+            _check_choice("excluded_precisions", precision, EXCLUDABLE_PRECISIONS)
+        object.__setattr__(self, "excluded_precisions", tuple(self.excluded_precisions))
+        if isinstance(self.quant_level, bool) or self.quant_level not in QUANT_LEVELS:
+            raise not_allowed("quant_level", self.quant_level, QUANT_LEVELS)
+        object.__setattr__(
+            self, "op_type_dict", _normalize_rules("op_type_dict", self.op_type_dict, False)
+        )
+        object.__setattr__(
+            self, "op_name_dict", _normalize_rules("op_name_dict", self.op_name_dict, True)
+        )
+        _check_type(
+            "accuracy_criterion", self.accuracy_criterion, AccuracyCriterion, "an AccuracyCriterion"
+        )
+        _check_type("tuning_criterion", self.tuning_criterion, TuningCriterion, "a TuningCriterion")
+
+    @property
+    def effective_strategy(self) -> str:
+        """The strategy that runs: INC 2.x semantics of ``quant_level`` with ``strategy``."""
+        if self.quant_level == 0:
+            return "conservative"
+        if self.quant_level == "auto" and self.tuning_criterion.strategy == "basic":
+            return "auto"
+        return self.tuning_criterion.strategy
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``from_dict`` gives an equal config back."""
+        data: dict[str, Any] = {"type": type(self).__name__}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (AccuracyCriterion, TuningCriterion)):
+                value = dataclasses.asdict(value)
+            elif f.name == "example_inputs":
+                value = None  # arrays or tensors do not belong in a JSON config
+            data[f.name] = json.loads(json.dumps(value, default=_jsonable))
+        return data
+
+    @classmethod
+    def from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
+        values = {k: v for k, v in data.items() if k != "type"}
+        if "accuracy_criterion" in values:
+            values["accuracy_criterion"] = AccuracyCriterion(**values["accuracy_criterion"])
+        if "tuning_criterion" in values:
+            tuning = dict(values["tuning_criterion"])
+            if isinstance(tuning.get("objective"), list):
+                tuning["objective"] = tuple(tuning["objective"])
+            values["tuning_criterion"] = TuningCriterion(**tuning)
+        return cls(**values)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_C = TypeVar("_C", bound=_QuantConfig)
+
+
+@_strict_init
+@dataclass(frozen=True)
+class PostTrainingQuantConfig(_QuantConfig):
+    """Post-training static or dynamic quantization (``approach="auto"`` chooses per op)."""
+
+    approach: str = "auto"
+    domain: str = "auto"
+    recipes: Mapping[str, Any] = field(default_factory=dict)
+    calibration_sampling_size: int | Sequence[int] = (100,)
+    example_inputs: Any = None
+    diagnosis: bool = False
+    ni_workload_name: str = "quantization"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choice("approach", self.approach, APPROACHES)
+        _check_choice("domain", self.domain, DOMAINS)
+        object.__setattr__(self, "recipes", _check_recipes(self.recipes))
+        sizes: Any = self.calibration_sampling_size
+        listed = [sizes] if isinstance(sizes, int) and not isinstance(sizes, bool) else sizes
+        _check_type(
+            "calibration_sampling_size", listed, (list, tuple), "a positive integer or list of them"
+        )
+        if not listed:
+            raise ConfigError(
+                "calibration_sampling_size is empty; give a positive number of samples"
+            )
+        for size in listed:
+            _check_type(
+                "calibration_sampling_size", size, int, "a positive integer or list of them"
+            )
+            if size < 1:
+                raise ConfigError(f"calibration_sampling_size={size!r} must be >= 1")
+        object.__setattr__(self, "calibration_sampling_size", tuple(listed))
+        _check_type("diagnosis", self.diagnosis, bool, "True or False")
+
+
+@_strict_init
+@dataclass(frozen=True)
+class QuantizationAwareTrainingConfig(_QuantConfig):
+    """Quantization-aware training: fake quantization during fine-tuning, int8 at the end."""
+
+    model_name: str = ""
+    example_inputs: Any = None
+
+    @property
+    def approach(self) -> str:
+        return "static"
+
+    @property
+    def recipes(self) -> Mapping[str, Any]:
+        return {}
+
+
+AnyQuantConfig = PostTrainingQuantConfig | QuantizationAwareTrainingConfig
+
+
+def config_from_dict(data: Mapping[str, Any]) -> AnyQuantConfig:
+    """Rebuild either config from ``to_dict()`` output (dispatching on its ``type``)."""
+    kinds: dict[str, type[AnyQuantConfig]] = {
+        "PostTrainingQuantConfig": PostTrainingQuantConfig,
+        "QuantizationAwareTrainingConfig": QuantizationAwareTrainingConfig,
+    }
+    kind = data.get("type", "PostTrainingQuantConfig")
+    if kind not in kinds:
+        raise not_allowed("type", kind, tuple(kinds))
+    return kinds[kind].from_dict(data)

@@ -1,0 +1,87 @@
+"""The spec's dataloader contract: iterables of ``(input, label)`` or of inputs.
+
+An input may be an array (numpy or a framework tensor), a tuple/list of arrays or a dict of
+named arrays. A 2-item tuple or list is read as ``(input, label)``; wrap a two-input model's
+inputs as ``((a, b), label)`` or a dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from .errors import DataError
+
+
+def split_batch(batch: Any) -> tuple[Any, Any]:
+    """``(inputs, label)`` of one loader item; label is None when the item has none."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    return batch, None
+
+
+def batch_size(inputs: Any) -> int:
+    """Number of samples in one batch of inputs (the leading dimension of the first array)."""
+    first = inputs
+    while isinstance(first, (tuple, list, Mapping)):
+        if not first:
+            raise DataError("a batch of inputs is empty")
+        first = next(iter(first.values())) if isinstance(first, Mapping) else first[0]
+    shape = getattr(first, "shape", None)
+    if shape is None or len(shape) == 0:
+        return 1
+    return int(shape[0])
+
+
+def take_samples(inputs: Any, count: int) -> Any:
+    """The first ``count`` samples of a batch, keeping its structure."""
+    if isinstance(inputs, Mapping):
+        return {k: take_samples(v, count) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(take_samples(v, count) for v in inputs)
+    return inputs[:count]
+
+
+def model_inputs(
+    dataloader: Iterable[Any], max_samples: int | None = None, what: str = "calib_dataloader"
+) -> Iterator[Any]:
+    """Yield the model inputs of ``dataloader``, stopping after ``max_samples`` samples.
+
+    Raises ``DataError`` when the loader yields nothing, or is not iterable.
+    """
+    try:
+        iterator = iter(dataloader)
+    except TypeError as exc:
+        raise DataError(
+            f"{what} must be iterable (yield (input, label) or inputs), got {type(dataloader).__name__}"
+        ) from exc
+    seen = 0
+    for batch in iterator:
+        inputs, _ = split_batch(batch)
+        size = batch_size(inputs)
+        if max_samples is not None and seen + size > max_samples:
+            inputs = take_samples(inputs, max_samples - seen)
+            size = max_samples - seen
+        seen += size
+        yield inputs
+        if max_samples is not None and seen >= max_samples:
+            break
+    if seen == 0:
+        raise DataError(f"{what} yielded no samples; give it at least one batch")
+
+
+def labelled_batches(
+    dataloader: Iterable[Any], what: str = "eval_dataloader"
+) -> Iterator[tuple[Any, Any]]:
+    """Yield ``(input, label)`` pairs; a loader without labels is an error here."""
+    count = 0
+    for batch in dataloader:
+        inputs, label = split_batch(batch)
+        if label is None:
+            raise DataError(
+                f"{what} must yield (input, label) pairs for eval_metric; got {type(batch).__name__}"
+            )
+        count += 1
+        yield inputs, label
+    if count == 0:
+        raise DataError(f"{what} yielded no batches")

@@ -1,0 +1,181 @@
+"""A tiny numpy backend for the core's own tests: an MLP whose int8 behaviour is simulated with
+``inc_core.scheme``'s fake quantization. It exercises the contract without any framework."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inc_core import scheme
+from inc_core.backend import Backend
+from inc_core.calibration import create_observer
+from inc_core.space import (
+    OpCapability,
+    OpInfo,
+    QuantPlan,
+    TensorOptions,
+    TensorRange,
+    TensorRanges,
+)
+
+
+@dataclass(frozen=True)
+class Dense:
+    name: str
+    weight: np.ndarray  # (in, out)
+    bias: np.ndarray
+    relu: bool = True
+    input_qparams: scheme.QuantParams | None = None
+    weight_qparams: scheme.QuantParams | None = None
+    dynamic: bool = False
+
+
+@dataclass(frozen=True)
+class NumpyMLP:
+    layers: tuple[Dense, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = np.asarray(x, dtype=np.float64)
+        for layer in self.layers:
+            act = out
+            if layer.dynamic:
+                lo, hi = scheme.tensor_range(act)
+                act = scheme.fake_quantize(act, scheme.compute_qparams(lo, hi, dtype="uint8", scheme="asym"))
+            elif layer.input_qparams is not None:
+                act = scheme.fake_quantize(act, layer.input_qparams)
+            weight = layer.weight
+            if layer.weight_qparams is not None:
+                weight = scheme.fake_quantize(weight, layer.weight_qparams)
+            out = act @ weight + layer.bias
+            if layer.relu:
+                out = np.maximum(out, 0.0)
+        return out
+
+
+_ACT = TensorOptions(
+    dtype=("uint8", "int8"),
+    scheme=("asym", "sym"),
+    granularity=("per_tensor",),
+    algorithm=("minmax", "kl", "percentile", "mse"),
+)
+_WEIGHT = TensorOptions(dtype=("int8",), scheme=("sym",), granularity=("per_channel", "per_tensor"))
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+    package = "inc-core"
+    framework = "numpy"
+    convention = "onnxrt"
+    op_type_aliases = {"Linear": ("Dense",), "MatMul": ("Dense",)}
+    priority = 1000
+
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        return isinstance(model, NumpyMLP)
+
+    def ops(self, model: NumpyMLP) -> list[OpInfo]:
+        return [OpInfo(layer.name, "Dense") for layer in model.layers]
+
+    def capability(self, approach: str, device: str) -> dict[str, OpCapability]:
+        if approach == "dynamic":
+            return {"Dense": OpCapability(TensorOptions(("uint8",), ("asym",)), _WEIGHT)}
+        return {"Dense": OpCapability(_ACT, _WEIGHT)}
+
+    def calibrate(self, model: NumpyMLP, dataloader: Iterable[Any], plan: QuantPlan) -> TensorRanges:
+        observers = {}
+        for layer in model.layers:
+            op = plan.ops[layer.name]
+            algorithm = op.activation.algorithm if op.activation else "minmax"
+            observers[layer.name] = create_observer(algorithm)
+        for batch in dataloader:
+            out = np.asarray(batch, dtype=np.float64)
+            for layer in model.layers:
+                observers[layer.name].update(out)
+                out = out @ layer.weight + layer.bias
+                if layer.relu:
+                    out = np.maximum(out, 0.0)
+        return {name: TensorRange.of(*obs.range()) for name, obs in observers.items()}
+
+    def quantize(self, model: NumpyMLP, plan: QuantPlan, ranges: TensorRanges) -> NumpyMLP:
+        layers = []
+        for layer in model.layers:
+            op = plan.ops[layer.name]
+            if not op.quantized:
+                layers.append(layer)
+                continue
+            assert op.weight is not None and op.activation is not None
+            wq = scheme.weight_qparams(
+                layer.weight,
+                dtype=op.weight.dtype,
+                scheme=op.weight.scheme,
+                granularity=op.weight.granularity,
+                axis=1,
+                convention=self.convention,
+            )
+            if op.approach == "dynamic":
+                layers.append(replace(layer, weight_qparams=wq, dynamic=True))
+                continue
+            rng = ranges[layer.name]
+            aq = scheme.compute_qparams(
+                rng.min, rng.max, dtype=op.activation.dtype, scheme=op.activation.scheme, convention=self.convention
+            )
+            layers.append(replace(layer, input_qparams=aq, weight_qparams=wq))
+        used = {name: [float(r.min), float(r.max)] for name, r in ranges.items()}
+        return NumpyMLP(tuple(layers), {"plan": plan.to_dict(), "ranges": used})
+
+    def predict(self, model: NumpyMLP, inputs: Any) -> np.ndarray:
+        return model(inputs)
+
+    def latency(self, model: NumpyMLP, inputs: Sequence[Any]) -> float:
+        times = []
+        for batch in inputs:
+            start = time.perf_counter()
+            model(batch)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times))
+
+    def model_size(self, model: NumpyMLP) -> int:
+        return sum(layer.weight.size * (1 if layer.weight_qparams else 4) for layer in model.layers)
+
+    def save(self, model: NumpyMLP, directory: Path) -> list[str]:
+        arrays = {}
+        for i, layer in enumerate(model.layers):
+            arrays[f"w{i}"] = layer.weight
+            arrays[f"b{i}"] = layer.bias
+        np.savez(directory / "weights.npz", **arrays)
+        layout = [{"name": layer.name, "relu": layer.relu} for layer in model.layers]
+        (directory / "layout.json").write_text(json.dumps({"layers": layout, "meta": model.meta}))
+        return ["weights.npz", "layout.json"]
+
+    def load(self, directory: Path, **kwargs: Any) -> NumpyMLP:
+        layout = json.loads((directory / "layout.json").read_text())
+        plan = QuantPlan.from_dict(layout["meta"]["plan"]) if "plan" in layout["meta"] else None
+        with np.load(directory / "weights.npz", allow_pickle=False) as arrays:
+            fp32 = NumpyMLP(
+                tuple(
+                    Dense(spec["name"], arrays[f"w{i}"], arrays[f"b{i}"], spec["relu"])
+                    for i, spec in enumerate(layout["layers"])
+                )
+            )
+        if plan is None:
+            return fp32
+        ranges = {name: TensorRange.of(*r) for name, r in layout["meta"].get("ranges", {}).items()}
+        return self.quantize(fp32, plan, ranges)
+
+
+def train_mlp(x: np.ndarray, y: np.ndarray, hidden: int = 32, seed: int = 0) -> NumpyMLP:
+    """A 2-layer MLP fitted by scikit-learn-free least squares on random ReLU features."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 1 / np.sqrt(x.shape[1]), (x.shape[1], hidden))
+    b1 = rng.normal(0, 0.1, hidden)
+    h = np.maximum(x @ w1 + b1, 0)
+    targets = np.eye(int(y.max()) + 1)[y]
+    w2, *_ = np.linalg.lstsq(np.c_[h, np.ones(len(h))], targets, rcond=None)
+    return NumpyMLP((Dense("fc1", w1, b1, True), Dense("fc2", w2[:-1], w2[-1], False)))
