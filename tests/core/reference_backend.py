@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from inc_core.space import (
     TensorOptions,
     TensorRange,
     TensorRanges,
+    TensorScheme,
 )
 
 
@@ -36,18 +37,33 @@ class Dense:
     dynamic: bool = False
 
 
+def as_features(inputs: Any) -> np.ndarray:
+    """One batch of model inputs as a feature matrix.
+
+    The MLP takes an array, or several inputs (a tuple/list, or a dict in key order) whose
+    features are concatenated: that is how the tests feed a "multi-input" model.
+    """
+    if isinstance(inputs, Mapping):
+        inputs = list(inputs.values())
+    if isinstance(inputs, (tuple, list)):
+        return np.concatenate([np.asarray(part, dtype=np.float64) for part in inputs], axis=1)
+    return np.asarray(inputs, dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class NumpyMLP:
     layers: tuple[Dense, ...]
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = np.asarray(x, dtype=np.float64)
+    def __call__(self, x: Any) -> np.ndarray:
+        out = as_features(x)
         for layer in self.layers:
             act = out
             if layer.dynamic:
                 lo, hi = scheme.tensor_range(act)
-                act = scheme.fake_quantize(act, scheme.compute_qparams(lo, hi, dtype="uint8", scheme="asym"))
+                act = scheme.fake_quantize(
+                    act, scheme.compute_qparams(lo, hi, dtype="uint8", scheme="asym")
+                )
             elif layer.input_qparams is not None:
                 act = scheme.fake_quantize(act, layer.input_qparams)
             weight = layer.weight
@@ -66,6 +82,95 @@ _ACT = TensorOptions(
     algorithm=("minmax", "kl", "percentile", "mse"),
 )
 _WEIGHT = TensorOptions(dtype=("int8",), scheme=("sym",), granularity=("per_channel", "per_tensor"))
+
+
+@dataclass
+class QatDense:
+    """A layer being trained with fake quantization: its own weight copy and activation range."""
+
+    name: str
+    weight: np.ndarray
+    bias: np.ndarray
+    relu: bool
+    activation: TensorScheme | None  # None: the layer stays fp32
+    weight_scheme: TensorScheme | None
+    lo: float = np.inf
+    hi: float = -np.inf
+
+    def act_qparams(self, convention: str) -> scheme.QuantParams:
+        assert self.activation is not None
+        return scheme.compute_qparams(
+            self.lo,
+            self.hi,
+            dtype=self.activation.dtype,
+            scheme=self.activation.scheme,
+            convention=convention,
+        )
+
+    def weight_qparams(self, convention: str) -> scheme.QuantParams:
+        assert self.weight_scheme is not None
+        return scheme.weight_qparams(
+            self.weight,
+            dtype=self.weight_scheme.dtype,
+            scheme=self.weight_scheme.scheme,
+            granularity=self.weight_scheme.granularity,
+            axis=1,
+            convention=convention,
+        )
+
+
+@dataclass
+class FakeQuantMLP:
+    """What ``prepare_qat`` returns: a trainable copy that fake-quantizes as it runs.
+
+    While ``training`` is on, each quantized layer widens its activation range from the batches
+    it sees; ``train_step`` does one step of softmax cross-entropy SGD, passing gradients
+    straight through the fake quantization (the usual STE).
+    """
+
+    layers: list[QatDense]
+    convention: str
+    training: bool = True
+
+    def _forward(self, x: Any) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        out = as_features(x)
+        cache = []
+        for layer in self.layers:
+            act, weight = out, layer.weight
+            if layer.activation is not None:
+                if self.training:
+                    layer.lo = min(layer.lo, float(act.min()))
+                    layer.hi = max(layer.hi, float(act.max()))
+                act = scheme.fake_quantize(act, layer.act_qparams(self.convention))
+                weight = scheme.fake_quantize(weight, layer.weight_qparams(self.convention))
+            out = act @ weight + layer.bias
+            if layer.relu:
+                out = np.maximum(out, 0.0)
+            cache.append((act, weight))
+        return out, cache
+
+    def __call__(self, x: Any) -> np.ndarray:
+        return self._forward(x)[0]
+
+    def train_step(self, x: Any, y: np.ndarray, lr: float = 0.05) -> float:
+        """One SGD step on softmax cross-entropy; returns the batch loss."""
+        logits, cache = self._forward(x)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        loss = float(-np.log(probs[np.arange(len(y)), y] + 1e-12).mean())
+        grad = probs
+        grad[np.arange(len(y)), y] -= 1.0
+        grad /= len(y)
+        for index in reversed(range(len(self.layers))):
+            layer, (act, weight) = self.layers[index], cache[index]
+            grad_w, grad_b = act.T @ grad, grad.sum(axis=0)
+            grad = grad @ weight.T  # straight through this layer's input fake quantization
+            layer.weight = layer.weight - lr * grad_w
+            layer.bias = layer.bias - lr * grad_b
+            if index > 0 and self.layers[index - 1].relu:
+                grad = grad * (act > 0)
+        return loss
 
 
 class ReferenceBackend(Backend):
@@ -88,14 +193,16 @@ class ReferenceBackend(Backend):
             return {"Dense": OpCapability(TensorOptions(("uint8",), ("asym",)), _WEIGHT)}
         return {"Dense": OpCapability(_ACT, _WEIGHT)}
 
-    def calibrate(self, model: NumpyMLP, dataloader: Iterable[Any], plan: QuantPlan) -> TensorRanges:
+    def calibrate(
+        self, model: NumpyMLP, dataloader: Iterable[Any], plan: QuantPlan
+    ) -> TensorRanges:
         observers = {}
         for layer in model.layers:
             op = plan.ops[layer.name]
             algorithm = op.activation.algorithm if op.activation else "minmax"
             observers[layer.name] = create_observer(algorithm)
         for batch in dataloader:
-            out = np.asarray(batch, dtype=np.float64)
+            out = as_features(batch)
             for layer in model.layers:
                 observers[layer.name].update(out)
                 out = out @ layer.weight + layer.bias
@@ -124,7 +231,11 @@ class ReferenceBackend(Backend):
                 continue
             rng = ranges[layer.name]
             aq = scheme.compute_qparams(
-                rng.min, rng.max, dtype=op.activation.dtype, scheme=op.activation.scheme, convention=self.convention
+                rng.min,
+                rng.max,
+                dtype=op.activation.dtype,
+                scheme=op.activation.scheme,
+                convention=self.convention,
             )
             layers.append(replace(layer, input_qparams=aq, weight_qparams=wq))
         used = {name: [float(r.min), float(r.max)] for name, r in ranges.items()}
@@ -167,6 +278,39 @@ class ReferenceBackend(Backend):
         if plan is None:
             return fp32
         ranges = {name: TensorRange.of(*r) for name, r in layout["meta"].get("ranges", {}).items()}
+        return self.quantize(fp32, plan, ranges)
+
+    # Quantization-aware training: fake quantization while training, int8 (simulated) after.
+    def prepare_qat(self, model: NumpyMLP, plan: QuantPlan) -> FakeQuantMLP:
+        layers = []
+        for layer in model.layers:
+            op = plan.ops[layer.name]
+            layers.append(
+                QatDense(
+                    layer.name,
+                    layer.weight.copy(),
+                    layer.bias.copy(),
+                    layer.relu,
+                    op.activation if op.quantized else None,
+                    op.weight if op.quantized else None,
+                )
+            )
+        return FakeQuantMLP(layers, self.convention)
+
+    def convert_qat(self, model: FakeQuantMLP, plan: QuantPlan) -> NumpyMLP:
+        untrained = [
+            layer.name for layer in model.layers if layer.activation and layer.lo > layer.hi
+        ]
+        if untrained:
+            raise RuntimeError(f"layers {untrained} saw no training batch; train before converting")
+        fp32 = NumpyMLP(
+            tuple(Dense(layer.name, layer.weight, layer.bias, layer.relu) for layer in model.layers)
+        )
+        ranges = {
+            layer.name: TensorRange.of(layer.lo, layer.hi)
+            for layer in model.layers
+            if layer.activation is not None
+        }
         return self.quantize(fp32, plan, ranges)
 
 

@@ -11,7 +11,9 @@ def accuracy(model, x, y) -> float:
 
 def test_fit_quantizes_every_op_and_keeps_accuracy(mlp, blobs, calib_loader, tmp_path):
     x, y = blobs
-    q = quantization.fit(mlp, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib_loader)
+    q = quantization.fit(
+        mlp, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib_loader
+    )
     assert q.plan.quantized_ops() == ["fc1", "fc2"]
     assert abs(accuracy(q.model, x, y) - accuracy(mlp, x, y)) < 0.02
     q.save(tmp_path / "out")

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .config import BACKEND_DEVICES
 from .errors import BackendNotAvailable, ModelError, not_allowed
 from .space import Capability, OpInfo, QuantPlan, TensorRanges
 
@@ -151,6 +152,8 @@ class Backend(abc.ABC):
 
 _registered: dict[str, type[Backend]] = {}
 _skipped: dict[str, str] = {}
+_skipped_errors: dict[str, BaseException] = {}
+_from_entry_points: set[str] = set()
 _loaded_entry_points = False
 
 
@@ -163,19 +166,61 @@ def register(backend: type[Backend]) -> type[Backend]:
 
 def unregister(name: str) -> None:
     _registered.pop(name, None)
+    _from_entry_points.discard(name)
+
+
+def reset() -> None:
+    """Forget what the entry points gave, so the next lookup scans them again.
+
+    Backends registered by hand stay. For tests, and after installing a plugin at run time.
+    """
+    global _loaded_entry_points
+    for name in _from_entry_points:
+        _registered.pop(name, None)
+    _from_entry_points.clear()
+    _skipped.clear()
+    _skipped_errors.clear()
+    _loaded_entry_points = False
+
+
+def _describe(backend: Any) -> str:
+    module = getattr(backend, "__module__", "?")
+    return f"{module}.{getattr(backend, '__qualname__', repr(backend))}"
 
 
 def _verify(backend: Any) -> None:
+    """Check a plugin class against the contract; the message names the plugin and the problem."""
     if not (isinstance(backend, type) and issubclass(backend, Backend)):
-        raise TypeError(f"{backend!r} is not a subclass of inc_core.backend.Backend")
+        raise TypeError(
+            f"{_describe(backend)} is not a subclass of inc_core.backend.Backend "
+            f"(got {type(backend).__name__})"
+        )
+    where = f"backend class {_describe(backend)}"
     for attr in ("name", "package", "framework", "convention"):
-        if not isinstance(getattr(backend, attr, None), str):
+        value = getattr(backend, attr, None)
+        if not isinstance(value, str) or not value:
             raise TypeError(
-                f"backend {backend.__qualname__} must set class attribute {attr!r} (a string)"
+                f"{where} must set class attribute {attr!r} to a non-empty string, got {value!r}"
             )
-    if abc.ABC in backend.__bases__ or getattr(backend, "__abstractmethods__", None):
-        missing = ", ".join(sorted(backend.__abstractmethods__))
-        raise TypeError(f"backend {backend.name!r} does not implement: {missing}")
+    config_backends = getattr(backend, "config_backends", None)
+    if not isinstance(config_backends, tuple) or not all(
+        isinstance(b, str) for b in config_backends
+    ):
+        raise TypeError(
+            f"{where}: config_backends must be a tuple of config backend values, "
+            f"got {config_backends!r}"
+        )
+    unknown = [b for b in config_backends if b not in BACKEND_DEVICES]
+    if unknown:
+        raise TypeError(
+            f"{where}: config_backends {unknown} are not config backend values; "
+            f"allowed: {', '.join(BACKEND_DEVICES)}"
+        )
+    if not isinstance(backend.priority, int) or isinstance(backend.priority, bool):
+        raise TypeError(f"{where}: priority must be an int, got {backend.priority!r}")
+    abstract = sorted(getattr(backend, "__abstractmethods__", ()))
+    if abstract:
+        raise TypeError(f"{where} ({backend.name!r}) does not implement: {', '.join(abstract)}")
 
 
 def _load_entry_points() -> None:
@@ -189,11 +234,24 @@ def _load_entry_points() -> None:
         try:
             backend = ep.load()
             _verify(backend)
+            if backend.name != ep.name:
+                raise TypeError(
+                    f"entry point {ep.name!r} = {ep.value!r} loads a backend named "
+                    f"{backend.name!r}; the two names must be the same"
+                )
         except Exception as exc:  # a broken plugin must not take the others down
-            _skipped[ep.name] = f"{type(exc).__name__}: {exc}"
+            _skipped[ep.name] = _why(exc)
+            _skipped_errors[ep.name] = exc
             log.warning("skipping backend %s: %s", ep.name, _skipped[ep.name])
             continue
         _registered[ep.name] = backend
+        _from_entry_points.add(ep.name)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return f"{exc.name} is not installed (ModuleNotFoundError: {exc})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def available() -> dict[str, type[Backend]]:
@@ -208,10 +266,12 @@ def skipped() -> dict[str, str]:
     return dict(_skipped)
 
 
-# Which plugin a user needs for a model, judged by type(model).__module__ or file suffix.
+# Which plugin a user needs for a model, judged by the modules of type(model) and its bases,
+# or by a path's suffix.
 INSTALL_HINTS: tuple[tuple[Callable[[str], bool], str], ...] = (
-    (lambda m: m.startswith("torch") or m.startswith("lightning"), "inc-torch"),
+    (lambda m: m.startswith(("torch", "lightning", "pytorch_lightning")), "inc-torch"),
     (lambda m: m.startswith(("keras", "tensorflow", "tf_keras")), "inc-tf"),
+    (lambda m: m.endswith((".pb", ".h5", ".keras", "saved_model")), "inc-tf"),
     (lambda m: m.startswith(("onnx", "onnxruntime")) or m.endswith(".onnx"), "inc-ort"),
     (lambda m: m.startswith("mxnet") or m.endswith(("-symbol.json", ".params")), "inc-mxnet"),
 )
@@ -231,7 +291,7 @@ def by_name(name: str) -> Backend:
     if name in _skipped:
         raise BackendNotAvailable(
             f"backend {name!r} is installed but failed to load: {_skipped[name]}"
-        )
+        ) from _skipped_errors.get(name)
     if name in BACKEND_PACKAGES:
         raise BackendNotAvailable(
             f"backend {name!r} is not installed. Install it with: pip install {BACKEND_PACKAGES[name]}"
@@ -239,18 +299,45 @@ def by_name(name: str) -> Backend:
     raise not_allowed("backend name", name, sorted(set(backends) | set(BACKEND_PACKAGES)))
 
 
+def install_hint(model: Any) -> str | None:
+    """The plugin distribution that would handle ``model``, or None when we cannot tell."""
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        candidates = [str(model).lower().rstrip("/\\")]
+        if path.is_dir() and (path / "saved_model.pb").is_file():
+            candidates.append("saved_model")
+    else:
+        candidates = [cls.__module__.lower() for cls in type(model).__mro__]
+    for candidate in candidates:
+        for test, package in INSTALL_HINTS:
+            if test(candidate):
+                return package
+    return None
+
+
 def for_model(model: Any) -> Backend:
     """The first installed backend (by priority) that accepts ``model``."""
     backends = sorted(available().values(), key=lambda b: (b.priority, b.name))
     for backend in backends:
-        if backend.accepts(model):
+        try:
+            accepted = backend.accepts(model)
+        except Exception as exc:  # one plugin's bug must not hide the others
+            log.warning(
+                "skipping backend %s: accepts() raised %s: %s",
+                backend.name,
+                type(exc).__name__,
+                exc,
+            )
+            continue
+        if accepted:
             return backend()
-    module = type(model).__module__
-    where = str(model) if isinstance(model, (str, Path)) else module
-    hint = next((pkg for test, pkg in INSTALL_HINTS if test(where.lower())), None)
+    kind = f"{type(model).__module__}.{type(model).__qualname__}"
+    where = f" ({model!s})" if isinstance(model, (str, Path)) else ""
+    hint = install_hint(model)
     installed = ", ".join(b.name for b in backends) or "none"
     suffix = f" Install the plugin for it: pip install {hint}" if hint else ""
+    failed = "".join(f" Backend {n!r} failed to load: {why}." for n, why in _skipped.items())
     raise ModelError(
-        f"no installed inc backend accepts a model of type {type(model).__module__}.{type(model).__qualname__}"
-        f" ({where!s}); installed backends: {installed}.{suffix}"
+        f"no installed inc backend accepts a model of type {kind}{where}; "
+        f"installed backends: {installed}.{suffix}{failed}"
     )

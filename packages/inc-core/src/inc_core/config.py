@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,12 @@ from .scheme import GRANULARITIES, SCHEMES
 from .space import ALGORITHMS, ALL_DTYPES
 
 APPROACHES = ("auto", "static", "dynamic")
+# INC 2.x also accepts its internal approach names; they mean the short ones.
+APPROACH_ALIASES = {
+    "post_training_static_quant": "static",
+    "post_training_dynamic_quant": "dynamic",
+    "post_training_auto_quant": "auto",
+}
 QUANT_FORMATS = ("default", "QDQ", "QOperator")
 DOMAINS = ("auto", "cv", "object_detection", "nlp", "recommendation_system")
 QUANT_LEVELS = ("auto", 0, 1)
@@ -35,6 +42,12 @@ STRATEGIES = (
     "exhaustive",
     "random",
 )
+# INC 2.x strategies left out, and why (said in the error instead of a bare "not allowed").
+UNSUPPORTED_STRATEGIES = {
+    "sigopt": "it needs a SigOpt account and network access",
+    "tpe": "it needs the hyperopt package; use 'bayesian' for a model-based search",
+    "hawq_v2": "it needs second-order gradients from a PyTorch loss; use 'mse_v2' or 'sensitivity'",
+}
 OBJECTIVES = ("performance", "accuracy", "modelsize", "footprint")
 GRAPH_OPTIMIZATION_LEVELS = ("DISABLE_ALL", "ENABLE_BASIC", "ENABLE_EXTENDED", "ENABLE_ALL")
 
@@ -108,7 +121,8 @@ def _strict_init(cls: type) -> type:
                 hint = closest(key, names)
                 suggestion = f"; did you mean {hint!r}?" if hint else ""
                 raise ConfigError(
-                    f"{cls.__name__} got an unknown key {key!r}{suggestion} Allowed keys: {', '.join(names)}"
+                    f"{cls.__name__} got an unknown key {key!r}; allowed keys: {', '.join(names)}"
+                    f"{suggestion}"
                 )
         init(self, *args, **kwargs)
 
@@ -128,7 +142,11 @@ def _normalize_rules(which: str, rules: Mapping[str, Any] | None, regex_keys: bo
             try:
                 re.compile(op_key)
             except re.error as exc:
-                raise ConfigError(f"{where}: not a valid regular expression ({exc})") from exc
+                raise ConfigError(
+                    f"{where}: {op_key!r} is not a valid regular expression ({exc}); keys match "
+                    "op names literally or as a full-match regex: escape special characters "
+                    "with re.escape(name)"
+                ) from exc
         _check_type(where, tensors, Mapping, "a dict with keys 'activation' and/or 'weight'")
         normalized[op_key] = {}
         for tensor, fields in tensors.items():
@@ -159,7 +177,9 @@ def _normalize_rules(which: str, rules: Mapping[str, Any] | None, regex_keys: bo
     return normalized
 
 
-def _check_recipes(recipes: Mapping[str, Any]) -> dict[str, Any]:
+def _check_recipes(recipes: Mapping[str, Any] | None) -> dict[str, Any]:
+    if recipes is None:
+        return {}
     _check_type("recipes", recipes, Mapping, "a dict")
     for name, value in recipes.items():
         _check_choice("recipes key", name, RECIPES)
@@ -178,7 +198,8 @@ def _check_recipes(recipes: Mapping[str, Any]) -> dict[str, Any]:
                 _check_choice(f"{key} key", arg, SMOOTH_QUANT_ARGS)
                 if arg == "alpha":
                     _check_alpha(f"{key}['alpha']", arg_value)
-    return dict(recipes)
+    # A private, JSON-shaped copy: the user's dicts are not shared and to_dict round-trips.
+    return _json_shaped(recipes)
 
 
 def _check_alpha(key: str, alpha: Any) -> None:
@@ -187,7 +208,7 @@ def _check_alpha(key: str, alpha: Any) -> None:
     values = alpha if isinstance(alpha, (list, tuple)) else [alpha]
     for value in values:
         _check_type(key, value, (int, float), "a float in [0, 1], a list of them, or 'auto'")
-        if not 0.0 <= float(value) <= 1.0:
+        if not 0.0 <= float(value) <= 1.0:  # also rejects NaN
             raise ConfigError(f"{key}={value!r} is outside [0, 1]")
 
 
@@ -204,6 +225,8 @@ class AccuracyCriterion:
         _check_type("higher_is_better", self.higher_is_better, bool, "True or False")
         _check_choice("criterion", self.criterion, ("relative", "absolute"))
         _check_type("tolerable_loss", self.tolerable_loss, (int, float), "a number")
+        if not math.isfinite(self.tolerable_loss):
+            raise ConfigError(f"tolerable_loss={self.tolerable_loss!r} must be a finite number")
         if self.tolerable_loss < 0 or (self.criterion == "relative" and self.tolerable_loss >= 1):
             upper = "1 (exclusive)" if self.criterion == "relative" else "any positive number"
             raise ConfigError(
@@ -233,6 +256,11 @@ class TuningCriterion:
     strategy_kwargs: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.strategy in UNSUPPORTED_STRATEGIES:
+            raise ConfigError(
+                f"strategy={self.strategy!r} is an INC 2.x strategy inc does not provide "
+                f"({UNSUPPORTED_STRATEGIES[self.strategy]}); allowed: {', '.join(STRATEGIES)}"
+            )
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_type(
             "timeout",
@@ -240,12 +268,21 @@ class TuningCriterion:
             (int, float),
             "a number of seconds (0 = stop at the first pass)",
         )
-        if self.timeout < 0:
+        if not self.timeout >= 0:  # also rejects NaN
             raise ConfigError(f"timeout={self.timeout!r} must be >= 0")
         _check_type("max_trials", self.max_trials, int, "a positive integer")
         if self.max_trials < 1:
             raise ConfigError(f"max_trials={self.max_trials!r} must be >= 1")
+        objective: Any = self.objective  # users pass lists too (INC 2.x's documented form)
+        if isinstance(objective, list):
+            object.__setattr__(self, "objective", tuple(objective))
+        elif isinstance(objective, Mapping):
+            object.__setattr__(self, "objective", _json_shaped(objective))
         objectives = self.objective_weights()
+        if not objectives:
+            raise ConfigError(
+                f"objective={self.objective!r} names no objective; allowed: {', '.join(OBJECTIVES)}"
+            )
         for name, weight in objectives.items():
             _check_choice("objective", name, OBJECTIVES)
             _check_type(f"objective weight of {name!r}", weight, (int, float), "a number")
@@ -256,6 +293,8 @@ class TuningCriterion:
         """The objective as {name: weight}; a single name weighs 1."""
         if isinstance(self.objective, str):
             return {self.objective: 1.0}
+        if isinstance(self.objective, Mapping) and "objective" in self.objective:
+            return _inc_objective_weights(self.objective)
         if isinstance(self.objective, Mapping):
             return {str(k): v for k, v in self.objective.items()}
         if isinstance(self.objective, (list, tuple)):
@@ -264,6 +303,25 @@ class TuningCriterion:
             f"objective must be a name, a list of names or a dict of weights, got {self.objective!r}; "
             f"allowed names: {', '.join(OBJECTIVES)}"
         )
+
+
+def _inc_objective_weights(objective: Mapping[str, Any]) -> dict[str, float]:
+    """INC 2.x's dict form: ``{"objective": [names], "weight": [numbers], "higher_is_better": ...}``."""
+    for key in objective:
+        _check_choice("objective key", key, ("objective", "weight", "higher_is_better"))
+    names = objective["objective"]
+    names = [names] if isinstance(names, str) else names
+    _check_type("objective['objective']", names, (list, tuple), "a name or a list of names")
+    weights = objective.get("weight")
+    if weights is None:
+        weights = [1.0 / len(names)] * len(names) if names else []
+    _check_type("objective['weight']", weights, (list, tuple), "a list of numbers")
+    if len(weights) != len(names):
+        raise ConfigError(
+            f"objective['weight'] has {len(weights)} entries but objective['objective'] has "
+            f"{len(names)}; give one weight per objective"
+        )
+    return {str(name): weight for name, weight in zip(names, weights, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -294,6 +352,8 @@ class _QuantConfig:
         for key in ("inputs", "outputs"):
             value = getattr(self, key)
             _check_type(key, value, (list, tuple), "a list of tensor names")
+            for name in value:
+                _check_type(key, name, str, "a list of tensor names (strings)")
             object.__setattr__(self, key, tuple(value))
         if self.reduce_range is not None:
             _check_type("reduce_range", self.reduce_range, bool, "True, False or None (auto)")
@@ -338,10 +398,18 @@ class _QuantConfig:
 
     @classmethod
     def from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
+        """The config ``to_dict`` described (also after a trip through JSON)."""
+        _check_type(f"{cls.__name__}.from_dict data", data, Mapping, "a dict from to_dict()")
+        kind = data.get("type", cls.__name__)
+        if kind != cls.__name__:
+            raise ConfigError(
+                f"{cls.__name__}.from_dict got a dict of type {kind!r}; "
+                "use inc_core.config.config_from_dict to rebuild either config"
+            )
         values = {k: v for k, v in data.items() if k != "type"}
-        if "accuracy_criterion" in values:
+        if isinstance(values.get("accuracy_criterion"), Mapping):
             values["accuracy_criterion"] = AccuracyCriterion(**values["accuracy_criterion"])
-        if "tuning_criterion" in values:
+        if isinstance(values.get("tuning_criterion"), Mapping):
             tuning = dict(values["tuning_criterion"])
             if isinstance(tuning.get("objective"), list):
                 tuning["objective"] = tuple(tuning["objective"])
@@ -354,7 +422,16 @@ def _jsonable(value: Any) -> Any:
         return list(value)
     if isinstance(value, Mapping):
         return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    # e.g. a loss function in strategy_kwargs: recorded by name, it cannot round-trip
+    return f"<{type(value).__name__} {getattr(value, '__qualname__', '')}>".replace(" >", ">")
+
+
+def _json_shaped(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A private copy of ``value`` as JSON would give it back (tuples become lists)."""
+    shaped: dict[str, Any] = json.loads(json.dumps(dict(value), default=_jsonable))
+    return shaped
 
 
 _C = TypeVar("_C", bound=_QuantConfig)
@@ -372,9 +449,14 @@ class PostTrainingQuantConfig(_QuantConfig):
     example_inputs: Any = None
     diagnosis: bool = False
     ni_workload_name: str = "quantization"
+    model_name: str = ""
+    #: INC 2.x compatibility; parallel trials come from ``fit(..., executor=...)``
+    use_distributed_tuning: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.approach, str) and self.approach in APPROACH_ALIASES:
+            object.__setattr__(self, "approach", APPROACH_ALIASES[self.approach])
         _check_choice("approach", self.approach, APPROACHES)
         _check_choice("domain", self.domain, DOMAINS)
         object.__setattr__(self, "recipes", _check_recipes(self.recipes))
@@ -395,6 +477,9 @@ class PostTrainingQuantConfig(_QuantConfig):
                 raise ConfigError(f"calibration_sampling_size={size!r} must be >= 1")
         object.__setattr__(self, "calibration_sampling_size", tuple(listed))
         _check_type("diagnosis", self.diagnosis, bool, "True or False")
+        _check_type("ni_workload_name", self.ni_workload_name, str, "a string")
+        _check_type("model_name", self.model_name, str, "a string")
+        _check_type("use_distributed_tuning", self.use_distributed_tuning, bool, "True or False")
 
 
 @_strict_init
@@ -404,6 +489,10 @@ class QuantizationAwareTrainingConfig(_QuantConfig):
 
     model_name: str = ""
     example_inputs: Any = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_type("model_name", self.model_name, str, "a string")
 
     @property
     def approach(self) -> str:

@@ -42,6 +42,21 @@ def take_samples(inputs: Any, count: int) -> Any:
     return inputs[:count]
 
 
+def _iterate(dataloader: Iterable[Any], what: str) -> Iterator[Any]:
+    if hasattr(dataloader, "shape") and hasattr(dataloader, "dtype"):
+        # Iterating an array yields single samples without their batch dimension.
+        raise DataError(
+            f"{what} is a single array of shape {tuple(dataloader.shape)}; pass an iterable of "
+            "batches instead, e.g. [(x, y)] or [x[i:i + 32] for i in range(0, len(x), 32)]"
+        )
+    try:
+        return iter(dataloader)
+    except TypeError as exc:
+        raise DataError(
+            f"{what} must be iterable (yield (input, label) or inputs), got {type(dataloader).__name__}"
+        ) from exc
+
+
 def model_inputs(
     dataloader: Iterable[Any], max_samples: int | None = None, what: str = "calib_dataloader"
 ) -> Iterator[Any]:
@@ -49,16 +64,13 @@ def model_inputs(
 
     Raises ``DataError`` when the loader yields nothing, or is not iterable.
     """
-    try:
-        iterator = iter(dataloader)
-    except TypeError as exc:
-        raise DataError(
-            f"{what} must be iterable (yield (input, label) or inputs), got {type(dataloader).__name__}"
-        ) from exc
+    iterator = _iterate(dataloader, what)
     seen = 0
     for batch in iterator:
         inputs, _ = split_batch(batch)
         size = batch_size(inputs)
+        if size == 0:
+            continue  # an empty batch has nothing to calibrate on
         if max_samples is not None and seen + size > max_samples:
             inputs = take_samples(inputs, max_samples - seen)
             size = max_samples - seen
@@ -75,7 +87,7 @@ def labelled_batches(
 ) -> Iterator[tuple[Any, Any]]:
     """Yield ``(input, label)`` pairs; a loader without labels is an error here."""
     count = 0
-    for batch in dataloader:
+    for batch in _iterate(dataloader, what):
         inputs, label = split_batch(batch)
         if label is None:
             raise DataError(

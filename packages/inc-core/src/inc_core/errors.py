@@ -32,8 +32,9 @@ class DeviceNotAvailable(IncError, RuntimeError):
 
 def closest(value: str, allowed: Iterable[str]) -> str | None:
     """The allowed value nearest to ``value`` by spelling, or None when nothing is close."""
-    matches = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.5)
-    return matches[0] if matches else None
+    by_lower = {str(a).lower(): str(a) for a in allowed}
+    matches = difflib.get_close_matches(str(value).lower(), list(by_lower), n=1, cutoff=0.5)
+    return by_lower[matches[0]] if matches else None
 
 
 def not_allowed(key: str, value: object, allowed: Iterable[object]) -> ConfigError:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import backend as registry
-from .errors import IncError, ModelError
+from .errors import ModelError
 from .space import QuantPlan
 
 FORMAT_VERSION = 1
@@ -57,20 +57,33 @@ class QuantizedModel:
         """Write the native artifact and inc.json into ``directory``, atomically.
 
         Either the whole directory is written or, on failure, what was there before is left
-        untouched. Returns the directory.
+        untouched. An existing directory is replaced only when it is empty or holds an earlier
+        inc save (an inc.json): other files of the user are never deleted. Returns the directory.
         """
-        target = Path(directory)
+        target = Path(directory).expanduser().resolve()
+        _check_replaceable(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        staging = target.parent / f".{target.name}.inc-staging-{uuid.uuid4().hex[:12]}"
+        staging.mkdir()  # mkdir (unlike mkdtemp) keeps the user's umask for the final directory
         try:
             backend = registry.by_name(self.backend)
-            files = backend.save(self.model, staging)
+            written = backend.save(self.model, staging)
+            missing = [name for name in written if not (staging / name).exists()]
+            if missing:
+                raise ModelError(
+                    f"backend {self.backend!r} reported files it did not write: {missing}"
+                )
             manifest = {
                 "format_version": FORMAT_VERSION,
                 "backend": self.backend,
-                "versions": {"inc-core": _version("inc-core"), **backend.versions()},
-                "files": {name: _sha256(staging / name) for name in sorted(files)},
+                "versions": {
+                    "inc-core": _version("inc-core"),
+                    backend.package: _version(backend.package),
+                    **backend.versions(),
+                },
+                "files": {name: _sha256(staging / name) for name in _files_under(staging)},
                 "plan": self.plan.to_dict(),
+                "op_report": self.op_report(),
                 "config": dict(self.config),
                 "report": self.report,
             }
@@ -93,38 +106,81 @@ def load(directory: str | os.PathLike[str], **kwargs: Any) -> QuantizedModel:
         raise ModelError(f"{root} is not a saved inc model: {MANIFEST} is missing")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise ModelError(f"{manifest_path} is not an inc manifest (a JSON object)")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ModelError(
             f"{manifest_path} has format_version {manifest.get('format_version')!r}; this inc-core reads {FORMAT_VERSION}"
         )
+    for key, kind in (("backend", str), ("files", dict), ("plan", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise ModelError(f"{manifest_path} lacks a valid {key!r} entry; the file is damaged")
     for name, expected in manifest["files"].items():
-        path = root / name
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise ModelError(f"{manifest_path} lists {name!r}, a path outside the model directory")
+        path = root / relative
         if not path.is_file():
             raise ModelError(f"{path} is listed in {MANIFEST} but missing")
         if _sha256(path) != expected:
             raise ModelError(
                 f"{path} does not match its checksum in {MANIFEST}: the file was changed or corrupted"
             )
+    try:
+        plan = QuantPlan.from_dict(manifest["plan"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{manifest_path} holds a damaged plan ({exc!r})") from exc
     backend = registry.by_name(manifest["backend"])
     native = backend.load(root, **kwargs)
     return QuantizedModel(
         model=native,
         backend=manifest["backend"],
-        plan=QuantPlan.from_dict(manifest["plan"]),
+        plan=plan,
         config=manifest.get("config", {}),
         report=manifest.get("report", {}),
     )
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse to overwrite a file, or a directory holding anything but an earlier inc save."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise ModelError(f"cannot save to {target}: it exists and is not a directory")
+    if not any(target.iterdir()):
+        return
+    if not (target / MANIFEST).is_file():
+        raise ModelError(
+            f"cannot save to {target}: the directory is not empty and is not an earlier inc save "
+            f"(no {MANIFEST}); choose a new or empty directory so none of your files are replaced"
+        )
+    try:
+        listed = set(json.loads((target / MANIFEST).read_text())["files"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(
+            f"cannot save to {target}: its {MANIFEST} is damaged ({exc!r}), so the files there "
+            "cannot be told apart from yours; remove the directory or choose another one"
+        ) from exc
+    foreign = [name for name in _files_under(target) if name not in listed | {MANIFEST}]
+    if foreign:
+        raise ModelError(
+            f"cannot save to {target}: it holds files the earlier inc save did not write "
+            f"({', '.join(foreign[:5])}); move them or choose another directory"
+        )
+
+
+def _files_under(root: Path) -> list[str]:
+    """Every file below ``root`` as a POSIX relative path, sorted (what the checksums cover)."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
 def _replace_dir(staging: Path, target: Path) -> None:
     if not target.exists():
         staging.rename(target)
         return
-    if not target.is_dir():
-        raise IncError(f"cannot save to {target}: it exists and is not a directory")
-    backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+    backup = target.with_name(f".{target.name}.inc-old-{uuid.uuid4().hex[:12]}")
     target.rename(backup)
     try:
         staging.rename(target)

@@ -117,9 +117,16 @@ def prepare_session(
     capabilities = {a: backend.capability(a, conf.device) for a in approaches}
     spaces = build_space(ops, capabilities, conf, backend.op_type_aliases)
     if not any(choice.quantized for s in spaces for choice in s.choices):
+        types = ", ".join(sorted({op.type for op in ops}))
+        if approach == "auto" and not has_calibration:
+            raise ModelError(
+                f"approach='auto' without calibration data means dynamic quantization, and "
+                f"{backend.framework} cannot quantize any op of this model dynamically (op types: "
+                f"{types}); pass calib_dataloader for static quantization"
+            )
         raise ModelError(
-            f"no op of the model can be quantized with approach {conf.approach!r} on {backend.framework}; "
-            f"op types in the model: {', '.join(sorted({op.type for op in ops}))}"
+            f"no op of the model can be quantized with approach {approach!r} on "
+            f"{backend.framework}; op types in the model: {types}"
         )
     calib_inputs = None
     if calib_dataloader is not None:
@@ -164,14 +171,26 @@ def fit(
     if (eval_dataloader is None) != (eval_metric is None):
         missing = "eval_metric" if eval_metric is None else "eval_dataloader"
         raise ConfigError(f"eval_dataloader and eval_metric go together: {missing} is missing")
+    if conf.approach == "static" and calib_dataloader is None and calib_func is None:
+        raise ConfigError(
+            "approach='static' needs calibration data: pass calib_dataloader (or calib_func), "
+            "or use PostTrainingQuantConfig(approach='dynamic')"
+        )
     start = time.perf_counter()
     session = prepare_session(model, conf, calib_dataloader, calib_func)
 
     if eval_func is None and eval_dataloader is None:
         plan = session.default_plan
         native = session.build(plan)
-        report = {"quantization_seconds": time.perf_counter() - start, "ops": len(plan.ops)}
-        return session.wrap(native, plan, report)
+        report = {
+            "quantization_seconds": time.perf_counter() - start,
+            "ops": len(plan.ops),
+            "quantized_ops": len(plan.quantized_ops()),
+            "float_ops": len(plan.float_ops()),
+        }
+        result = session.wrap(native, plan, report)
+        result.report["per_op"] = result.op_report()
+        return result
 
     from .tuning import tune
 

@@ -130,6 +130,45 @@ def _quant_choices(
     ]
 
 
+def _asks_integer(rule: Mapping[str, Mapping[str, tuple[str, ...]]]) -> bool:
+    return any(d not in FLOAT_DTYPES for fields in rule.values() for d in fields.get("dtype", ()))
+
+
+def _op_choices(
+    op: OpInfo,
+    capabilities: Mapping[str, Capability],
+    rule: Mapping[str, Mapping[str, tuple[str, ...]]],
+) -> list[OpQuant]:
+    """Quantized choices over every allowed approach that can run the rule.
+
+    An approach whose kernels cannot honour the rule is dropped for this op; only when no
+    approach can is the rule an error (e.g. activation int8 is static-only on some backends).
+    """
+    quant: list[OpQuant] = []
+    errors: list[tuple[str, ConfigError]] = []
+    for approach, capability in capabilities.items():
+        if op.type not in capability:
+            continue
+        try:
+            quant.extend(_quant_choices(op, approach, capability[op.type], rule))
+        except ConfigError as exc:
+            errors.append((approach, exc))
+    if not quant and errors:
+        if len(errors) == 1:
+            raise errors[0][1]
+        detail = "; ".join(f"{approach}: {exc}" for approach, exc in errors)
+        raise ConfigError(f"no approach can run the rule for op {op.name!r}: {detail}")
+    if not quant and _asks_integer(rule):
+        approaches = ", ".join(capabilities)
+        hint = "" if "static" in capabilities else " (static quantization needs calib_dataloader)"
+        raise ConfigError(
+            f"op {op.name!r} ({op.type}): the rule asks for an integer dtype but this backend "
+            f"cannot quantize {op.type} ops with approach {approaches}{hint}; "
+            "use dtype 'fp32' for it"
+        )
+    return quant
+
+
 def build_space(
     ops: Sequence[OpInfo],
     capabilities: Mapping[str, Capability],
@@ -147,23 +186,24 @@ def build_space(
     spaces = []
     for op in ops:
         rule = _rule_for(op, conf, aliases)
-        floats = tuple(d for d in _float_dtypes(rule) if d not in conf.excluded_precisions)
-        only_float = bool(floats) and all(
+        wanted_floats = _float_dtypes(rule)
+        floats = tuple(d for d in wanted_floats if d not in conf.excluded_precisions)
+        only_float = bool(wanted_floats) and all(
             all(d in FLOAT_DTYPES for d in fields.get("dtype", ()))
             for fields in rule.values()
             if "dtype" in fields
         )
-        quant: list[OpQuant] = []
-        if not only_float:
-            for approach, capability in capabilities.items():
-                if op.type in capability:
-                    quant.extend(_quant_choices(op, approach, capability[op.type], rule))
+        if only_float and not floats:
+            raise ConfigError(
+                f"op {op.name!r} ({op.type}): its rule asks only for {list(wanted_floats)}, which "
+                f"excluded_precisions={list(conf.excluded_precisions)} excludes; "
+                "allow it or ask for 'fp32'"
+            )
+        quant = [] if only_float else _op_choices(op, capabilities, rule)
         fallback = [OpQuant.float(d) for d in floats] or [OpQuant.float("fp32")]
         if "fp32" not in floats:
             fallback.append(OpQuant.float("fp32"))
-        choices = (
-            (fallback if only_float else quant + fallback) if quant or only_float else fallback
-        )
+        choices = fallback if only_float else quant + fallback
         spaces.append(OpSpace(op, tuple(dict.fromkeys(choices))))
     return spaces
 

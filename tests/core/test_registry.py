@@ -1,0 +1,313 @@
+"""The backend registry: entry points loaded lazily, broken plugins isolated, helpful errors.
+
+Plugins here are real distributions: a ``*.dist-info`` with ``entry_points.txt`` and ``METADATA``
+written into a temporary directory on ``sys.path``, found by ``importlib.metadata`` as pip's
+would be.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inc_core import PostTrainingQuantConfig, quantization
+from inc_core import backend as registry
+from inc_core.backend import Backend
+from inc_core.errors import BackendNotAvailable, ConfigError, ModelError
+
+from .reference_backend import ReferenceBackend
+
+GOOD = """
+from tests.core.reference_backend import NumpyMLP, ReferenceBackend
+
+
+class TaggedMLP(NumpyMLP):
+    pass
+
+
+class GoodBackend(ReferenceBackend):
+    name = "tmpgood"
+    package = "inc-tmp-good"
+    priority = 5
+
+    @classmethod
+    def accepts(cls, model):
+        return isinstance(model, TaggedMLP)
+"""
+
+BROKEN_IMPORT = """
+import inc_tmp_framework_that_is_not_installed  # like `import torch` without torch
+"""
+
+NO_PACKAGE = """
+from tests.core.reference_backend import ReferenceBackend
+
+
+class NoPackageBackend(ReferenceBackend):
+    name = "tmpnopackage"
+    package = None
+"""
+
+ABSTRACT = """
+from inc_core.backend import Backend
+
+
+class HalfBackend(Backend):
+    name = "tmphalf"
+    package = "inc-tmp-half"
+    framework = "numpy"
+    convention = "onnxrt"
+
+    @classmethod
+    def accepts(cls, model):
+        return False
+"""
+
+WRONG_NAME = """
+from tests.core.reference_backend import ReferenceBackend
+
+
+class RenamedBackend(ReferenceBackend):
+    name = "somethingelse"
+"""
+
+PLUGINS = {
+    "tmpgood": ("inc_tmp_good", GOOD, "GoodBackend"),
+    "tmpbroken": ("inc_tmp_broken", BROKEN_IMPORT, "BrokenBackend"),
+    "tmpnopackage": ("inc_tmp_nopackage", NO_PACKAGE, "NoPackageBackend"),
+    "tmphalf": ("inc_tmp_half", ABSTRACT, "HalfBackend"),
+    "tmpwrongname": ("inc_tmp_wrongname", WRONG_NAME, "RenamedBackend"),
+}
+
+
+def write_distribution(root: Path, ep_name: str, module: str, source: str, attr: str) -> None:
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    dist = root / f"{module}-0.0.1.dist-info"
+    dist.mkdir()
+    dist_name = module.replace("_", "-")
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: 0.0.1\n")
+    (dist / "entry_points.txt").write_text(f"[inc.backends]\n{ep_name} = {module}:{attr}\n")
+
+
+@pytest.fixture
+def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Install the PLUGINS distributions into a directory on sys.path; reset the registry."""
+    for ep_name, (module, source, attr) in PLUGINS.items():
+        write_distribution(tmp_path, ep_name, module, source, attr)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    registry.reset()
+    yield tmp_path
+    monkeypatch.undo()
+    importlib.invalidate_caches()
+    for module, _, _ in PLUGINS.values():
+        sys.modules.pop(module, None)
+    registry.reset()
+
+
+def test_entry_points_are_loaded_lazily(plugins):
+    assert "inc_tmp_good" not in sys.modules
+    PostTrainingQuantConfig(approach="static")  # configuring does not scan plugins
+    assert "inc_tmp_good" not in sys.modules
+    assert "tmpgood" in registry.available()
+    assert "inc_tmp_good" in sys.modules
+
+
+def test_a_broken_plugin_is_skipped_with_the_reason_and_others_still_work(plugins, caplog, mlp):
+    with caplog.at_level(logging.WARNING, logger="inc_core.backend"):
+        available = registry.available()
+    assert "tmpgood" in available and "reference" in available
+    for broken in ("tmpbroken", "tmpnopackage", "tmphalf", "tmpwrongname"):
+        assert broken not in available
+        assert f"skipping backend {broken}: " in caplog.text
+    skipped = registry.skipped()
+    assert skipped["tmpbroken"].startswith(
+        "inc_tmp_framework_that_is_not_installed is not installed (ModuleNotFoundError"
+    )
+    assert "NoPackageBackend" in skipped["tmpnopackage"] and "'package'" in skipped["tmpnopackage"]
+    assert "HalfBackend" in skipped["tmphalf"]
+    for method in ("calibrate", "capability", "load", "ops", "quantize", "save"):
+        assert method in skipped["tmphalf"]
+    assert "'somethingelse'" in skipped["tmpwrongname"]
+
+    model = sys.modules["inc_tmp_good"].TaggedMLP(mlp.layers)
+    q = quantization.fit(model, PostTrainingQuantConfig(approach="dynamic"))
+    assert q.backend == "tmpgood"
+    assert registry.for_model(mlp).name == "reference"
+
+
+def test_naming_a_plugin_that_failed_to_load_is_an_error_not_a_skip(plugins):
+    with pytest.raises(
+        BackendNotAvailable, match=r"'tmpbroken' is installed but failed to load"
+    ) as exc:
+        registry.by_name("tmpbroken")
+    assert isinstance(exc.value.__cause__, ModuleNotFoundError)  # the original error is kept
+
+
+@pytest.mark.parametrize(
+    ("name", "package"),
+    [
+        ("pytorch", "inc-torch"),
+        ("onnxrt", "inc-ort"),
+        ("tensorflow", "inc-tf"),
+        ("mxnet", "inc-mxnet"),
+    ],
+)
+def test_naming_a_backend_that_is_not_installed_says_what_to_install(name, package):
+    with pytest.raises(BackendNotAvailable, match=f"pip install {package}"):
+        registry.by_name(name)
+
+
+def test_naming_an_unknown_backend_lists_the_known_ones():
+    with pytest.raises(ConfigError, match=r"'pytorh'.*did you mean 'pytorch'"):
+        registry.by_name("pytorh")
+
+
+def test_reset_keeps_backends_registered_by_hand():
+    registry.reset()
+    assert "reference" in registry.available()
+
+
+class _TorchLikeBase:
+    """Stands in for torch.nn.Module in name only: the hint logic reads module names."""
+
+
+_TorchLikeBase.__module__ = "torch.nn.modules.module"
+
+
+class UserNet(_TorchLikeBase):
+    """A user's network class, defined in the user's own module."""
+
+
+@pytest.mark.parametrize(
+    ("model", "package"),
+    [
+        (UserNet(), "inc-torch"),
+        ("resnet50.onnx", "inc-ort"),
+        (Path("models/BERT.ONNX"), "inc-ort"),
+        ("frozen_graph.pb", "inc-tf"),
+        ("model.keras", "inc-tf"),
+        ("resnet-symbol.json", "inc-mxnet"),
+    ],
+)
+def test_no_backend_accepting_the_model_names_its_type_and_the_package(model, package):
+    with pytest.raises(ModelError) as exc:
+        registry.for_model(model)
+    message = str(exc.value)
+    assert f"pip install {package}" in message
+    assert f"{type(model).__module__}.{type(model).__qualname__}" in message
+    assert "installed backends: reference" in message
+
+
+def test_saved_model_directory_hints_inc_tf(tmp_path):
+    (tmp_path / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(ModelError, match="pip install inc-tf"):
+        registry.for_model(str(tmp_path))
+
+
+def test_unknown_model_type_gets_no_made_up_hint():
+    with pytest.raises(ModelError) as exc:
+        quantization.fit({"weights": [1, 2]}, PostTrainingQuantConfig(approach="dynamic"))
+    assert "builtins.dict" in str(exc.value)
+    assert "pip install" not in str(exc.value)
+
+
+def test_a_backend_whose_accepts_raises_is_skipped(caplog, mlp):
+    class Exploding(ReferenceBackend):
+        name = "exploding"
+        priority = 0
+
+        @classmethod
+        def accepts(cls, model: Any) -> bool:
+            raise RuntimeError("accepts() bug")
+
+    registry.register(Exploding)
+    try:
+        with caplog.at_level(logging.WARNING, logger="inc_core.backend"):
+            backend = registry.for_model(mlp)
+    finally:
+        registry.unregister("exploding")
+    assert backend.name == "reference"
+    assert "skipping backend exploding" in caplog.text and "accepts() bug" in caplog.text
+
+
+def test_backends_are_asked_in_priority_order(mlp):
+    class Eager(ReferenceBackend):
+        name = "eager"
+        priority = 1
+
+    registry.register(Eager)
+    try:
+        assert registry.for_model(mlp).name == "eager"
+    finally:
+        registry.unregister("eager")
+    assert registry.for_model(mlp).name == "reference"
+
+
+# _verify: contract checks at registration, naming the plugin and the problem.
+
+
+def make(name: str = "bad", **attrs: Any) -> type:
+    namespace = {"name": name, "__module__": "my_plugin.backend", **attrs}
+    return type("BadBackend", (ReferenceBackend,), namespace)
+
+
+@pytest.mark.parametrize(
+    ("backend", "parts"),
+    [
+        (object, ["builtins.object", "not a subclass of inc_core.backend.Backend"]),
+        (ReferenceBackend(), ["not a subclass", "got ReferenceBackend"]),
+        (make(package=None), ["my_plugin.backend.BadBackend", "'package'", "None"]),
+        (make(name=""), ["my_plugin.backend.BadBackend", "'name'"]),
+        (make(convention=3), ["'convention'", "3"]),
+        (make(config_backends="default"), ["config_backends", "tuple"]),
+        (
+            make(config_backends=("default", "cuda")),
+            ["config_backends", "'cuda'", "onnxrt_cuda_ep"],
+        ),
+        (make(priority="high"), ["priority", "'high'"]),
+    ],
+)
+def test_verify_rejects_broken_classes_naming_the_plugin(backend, parts):
+    with pytest.raises(TypeError) as exc:
+        registry.register(backend)
+    for part in parts:
+        assert part in str(exc.value)
+
+
+def test_verify_lists_the_abstract_methods_a_plugin_lacks():
+    class Partial(Backend):
+        name = "partial"
+        package = "inc-partial"
+        framework = "numpy"
+        convention = "onnxrt"
+
+        @classmethod
+        def accepts(cls, model: Any) -> bool:
+            return False
+
+        def ops(self, model: Any) -> list[Any]:
+            return []
+
+    with pytest.raises(TypeError) as exc:
+        registry.register(Partial)
+    message = str(exc.value)
+    assert "Partial" in message and "'partial'" in message
+    assert "calibrate, capability, load, quantize, save" in message
+    assert "partial" not in registry.available()
+
+
+def test_no_backend_error_mentions_plugins_that_failed_to_load(plugins):
+    with pytest.raises(ModelError) as exc:
+        registry.for_model("resnet50.onnx")
+    message = str(exc.value)
+    assert "pip install inc-ort" in message
+    assert "'tmpbroken' failed to load" in message
+    assert "inc_tmp_framework_that_is_not_installed is not installed" in message
