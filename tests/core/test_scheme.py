@@ -278,3 +278,15 @@ def test_round_trip_error_is_at_most_half_a_step_inside_the_range(
                 assert lo <= min(rmin, 0) + half_step
                 assert hi >= max(rmax, 0) - half_step
             assert float(fake_quantize(0.0, params)) == 0.0
+
+
+def test_quantize_follows_each_kernels_float32_arithmetic() -> None:
+    # Values next to a .5 tie, where float32 and float64 arithmetic round apart. The expected
+    # integers are what onnxruntime 1.32's QuantizeLinear and torch 2.13's quantize_per_channel /
+    # quantize_per_tensor return for the same float32 inputs (checked when these were chosen).
+    ort = compute_qparams(-1.0, 1.0, dtype="int8", convention="onnxrt")  # x / scale in float32
+    assert int(quantize(np.float32(-0.9409448504447937), ort)) == -120
+    assert round(-0.9409448504447937 / float(ort.scale)) == -119  # what float64 would give
+    torch_params = compute_qparams(-1.0, 1.0, dtype="int8", convention="pytorch")  # x * (1/s)
+    assert int(quantize(np.float32(-0.9294118285179138), torch_params)) == -118
+    assert round(-0.9294118285179138 / float(torch_params.scale)) == -119

@@ -14,11 +14,21 @@ of adjacent bins merge, which is exact: a value lands in the same bin whether it
 after the growth, so the histogram (and the range) does not depend on batch order or batch size.
 The exact min and max are kept alongside, and every range is clipped to them.
 
-Symmetric schemes search one threshold ``t`` on ``|x|`` and return ``(max(min, -t), min(max, t))``;
-``percentile`` with ``scheme="asym"`` cuts each tail separately. How many quantization steps lie
-between 0 and the threshold (what KL compares against and MSE simulates) comes from the dtype,
-scheme and convention through ``inc_core.scheme``: 127 for int8 symmetric, 255 for uint8 on
-non-negative data (after a ReLU), about 128 for uint8 when the data has both signs.
+``kl`` and ``mse`` search one threshold ``t`` on ``|x|`` (for asym schemes too, as onnxruntime's
+entropy calibrator does) and return ``(max(min, -t), min(max, t))``; ``percentile`` does the same
+for sym schemes and cuts each tail separately for ``scheme="asym"``. How many quantization steps
+lie between 0 and the threshold (what KL compares against and MSE simulates) comes from the
+dtype, scheme and convention through ``inc_core.scheme``: 127 for int8 symmetric, 255 for uint8
+on non-negative data (after a ReLU), about 128 for uint8 when the data has both signs; so pass
+the quantization the range is for to ``create_observer``. Thresholds below that many bins are
+not searched, so with huge outliers the threshold's resolution is ``R / (bins / 2)``: more
+``bins`` give finer thresholds. Exact zeros (half of a ReLU's output) are quantized exactly by
+every candidate, so kl and mse leave them out of the comparison.
+
+Compared on the same data with MXNet 1.9.1's ``_get_optimal_threshold`` (8001 bins), ``kl``'s
+thresholds with the default 2048 bins were 3-9% off (normal 4.69 vs 4.51, Laplace 11.8 vs 10.8,
+ReLU'd normal 4.65 vs 4.50, normal plus outliers 4.75 vs 5.01): the same algorithm on a
+differently binned histogram.
 """
 
 from __future__ import annotations

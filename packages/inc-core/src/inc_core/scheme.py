@@ -197,10 +197,7 @@ def compute_qparams(
         scale = hi / (qmax - qmin)
     scale = np.asarray(scale, dtype=np.float64)
 
-    if convention == "onnxrt":
-        degenerate = scale < _ORT_TINY
-    else:
-        degenerate = scale <= 0
+    degenerate = scale < _ORT_TINY if convention == "onnxrt" else scale <= 0
     scale = np.where(degenerate, 1.0, scale)
 
     if scheme == "asym":
