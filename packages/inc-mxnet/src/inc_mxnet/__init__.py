@@ -1,0 +1,1 @@
+"""inc backend for MXNet."""
