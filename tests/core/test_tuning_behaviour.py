@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inc_core import PostTrainingQuantConfig, TuningCriterion, quantization
+from inc_core import AccuracyCriterion, PostTrainingQuantConfig, TuningCriterion, quantization
 from inc_core import backend as registry
 from inc_core.errors import ConfigError, DataError
 from inc_core.progress import Progress
@@ -81,9 +81,8 @@ def test_every_candidate_failing_still_raises_with_the_table(tmp_path):
     with pytest.raises(TuningError, match="every candidate failed inside the backend") as info:
         fit(config(), PlanScore({}), tmp_path, net=net)
     assert info.value.best is None
-    assert [r["status"] for r in info.value.trials[1:]] == ["*error"] or [
-        r["status"] for r in info.value.trials[1:]
-    ] == ["error"]
+    assert [r["status"] for r in info.value.trials[1:]] == ["error"]
+    assert "no int8 kernel for mm" in info.value.trials[1]["error"]
 
 
 def test_a_one_shot_eval_dataloader_is_refused(tmp_path):
@@ -127,9 +126,7 @@ def test_eval_dataloader_and_metric_path(tmp_path):
     conf = PostTrainingQuantConfig(
         approach="static",
         quant_level=1,
-        accuracy_criterion=__import__("inc_core").AccuracyCriterion(
-            criterion="absolute", tolerable_loss=0.0002
-        ),
+        accuracy_criterion=AccuracyCriterion(criterion="absolute", tolerable_loss=0.0002),
         tuning_criterion=TuningCriterion(objective="accuracy"),
     )
     q = quantization.fit(
@@ -195,7 +192,6 @@ def test_report_table_is_in_the_model_and_in_inc_json(tmp_path):
     assert "*pass" in table[3] and "conv1" in table[3]
     assert tuning["baseline"]["accuracy"] == 0.9
     assert tuning["fp32_ops"] == ["conv1"]
-    ToyBackend.save = ToyBackend.save  # the toy backend saves weights; inc.json carries the report
     q.save(tmp_path / "out")
     saved = json.loads((tmp_path / "out" / "inc.json").read_text())
     assert saved["report"]["tuning"]["trials"] == json.loads(json.dumps(tuning["trials"]))
@@ -256,3 +252,40 @@ def test_resume_from_another_config_is_refused(tmp_path):
         fit(other, Scripted([0.9], then=0.5), tmp_path / "new", resume_from=tmp_path)
     with pytest.raises(ConfigError, match="no tuning history"):
         fit(config(), Scripted([0.9]), tmp_path, resume_from=tmp_path / "missing")
+
+
+def test_a_nan_accuracy_is_recorded_as_a_failed_candidate(tmp_path):
+    q = fit(config(), Scripted([0.9, float("nan"), 0.9]), tmp_path)
+    rows = q.report["tuning"]["trials"]
+    assert rows[1]["status"] == "error" and "returned nan" in rows[1]["error"]
+    assert q.report["tuning"]["chosen"] == 2
+
+
+def test_the_users_rules_narrow_the_space(tmp_path):
+    conf = PostTrainingQuantConfig(
+        approach="static",
+        quant_level=1,
+        op_name_dict={"conv1": {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": ["fp32"]}}},
+        op_type_dict={"Conv": {"weight": {"granularity": ["per_channel"]}}},
+        recipes={"last_conv_or_matmul_quantization": True},
+        tuning_criterion=TuningCriterion(objective="accuracy"),
+    )
+    scripted = Scripted([0.9], then=0.5)
+    with pytest.raises(TuningError):
+        fit(conf, scripted, tmp_path)
+    plans = scripted.plans[1:]
+    assert all(not p.ops["conv1"].quantized for p in plans)  # fixed to fp32 by op_name_dict
+    for plan in plans:
+        op = plan.ops["conv2"]
+        assert not op.quantized or op.weight.granularity == "per_channel"
+    phases = [r["phase"] for r in scripted_rows(tmp_path)]
+    # conv1 is fixed in fp32, so the first switchable conv is conv2; the last-op recipe is set
+    # by the user, so not tuned. Conv options only vary the activation algorithm (minmax -> kl)
+    # since weights are pinned per_channel
+    assert phases.count("recipes") == 1
+    assert scripted_rows(tmp_path)[1]["fp32_ops"] == ["conv1", "conv2"]
+    assert phases.count("Conv options") == 1
+
+
+def scripted_rows(workspace: Any) -> list[dict[str, Any]]:
+    return json.loads((workspace / "tuning_history.json").read_text())["trials"]

@@ -33,11 +33,13 @@ class Counting:
         return float(self.inner(model))
 
 
-def run(strategy: str, eval_func: Any, workspace: Any, **kw: Any):
+def run(strategy: str, eval_func: Any, workspace: Any, timeout: float = 0, **kw: Any):
     conf = PostTrainingQuantConfig(
         approach="static",
         quant_level=1,
-        tuning_criterion=TuningCriterion(strategy=strategy, objective="accuracy", max_trials=40),
+        tuning_criterion=TuningCriterion(
+            strategy=strategy, objective="accuracy", max_trials=40, timeout=timeout
+        ),
     )
     return quantization.fit(
         toy_net(outliers={"conv2": 30.0}),
@@ -57,22 +59,31 @@ def summary(q: Any) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.parametrize(
-    ("strategy", "kill_at"),
-    [("basic", 2), ("basic", 5), ("basic", 7), ("auto", 4), ("mse_v2", 4), ("bayesian", 5)],
+    ("strategy", "kill_at", "timeout"),
+    [
+        ("basic", 2, 0),
+        ("basic", 5, 0),
+        ("basic", 7, 0),
+        ("basic", 7, 3600),  # keeps searching past the first pass; best by objective
+        ("auto", 4, 0),
+        ("mse_v2", 4, 0),
+        ("bayesian", 3, 0),
+        ("random", 4, 0),
+    ],
 )
-def test_killed_and_resumed_ends_with_the_same_choice(tmp_path, strategy, kill_at):
-    straight = run(strategy, SCORE, tmp_path / "straight")
+def test_killed_and_resumed_ends_with_the_same_choice(tmp_path, strategy, kill_at, timeout):
+    straight = run(strategy, SCORE, tmp_path / "straight", timeout)
     total = straight.report["tuning"]["trials_used"]
     assert total >= kill_at - 1, "the kill must land inside the run"
 
     with pytest.raises(Killed):
-        run(strategy, KillAt(SCORE, kill_at), tmp_path / "ws")
+        run(strategy, KillAt(SCORE, kill_at), tmp_path / "ws", timeout)
     history = json.loads((tmp_path / "ws" / "tuning_history.json").read_text())
     done = kill_at - 2  # call 1 is the baseline; the killed call's trial is not recorded
     assert len(history["trials"]) == done
 
     counting = Counting(SCORE)
-    resumed = run(strategy, counting, tmp_path / "ws", resume_from=tmp_path / "ws")
+    resumed = run(strategy, counting, tmp_path / "ws", timeout, resume_from=tmp_path / "ws")
     assert resumed.plan == straight.plan
     assert summary(resumed) == summary(straight)
     assert counting.calls == total - done  # neither the baseline nor done trials run again
@@ -101,3 +112,12 @@ def test_resume_accepts_the_history_file_and_a_larger_budget(tmp_path):
     straight = run("basic", SCORE, tmp_path / "straight")
     assert resumed.plan == straight.plan
     assert counting.calls == straight.report["tuning"]["trials_used"] - 3
+
+
+def test_resuming_a_finished_run_evaluates_nothing(tmp_path):
+    straight = run("basic", SCORE, tmp_path)
+    counting = Counting(SCORE)
+    again = run("basic", counting, tmp_path, resume_from=tmp_path)
+    assert counting.calls == 0
+    assert again.plan == straight.plan
+    assert summary(again) == summary(straight)

@@ -12,24 +12,31 @@ import logging
 import math
 import pickle
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .backend import Backend
 from .errors import ConfigError, DataError, IncError
 from .model import QuantizedModel
 from .progress import Progress
 from .quantization import Session
 from .report import render, rows
-from .space import QuantPlan, TensorRanges
+from .space import QuantPlan
 from .strategy import STRATEGIES, Batch, Outcome, TuningSpace
-from .strategy.base import tunable_recipes
 from .strategy.history import Baseline, History, Trial, fingerprint, history_path
+from .strategy.space import tunable_recipes
+from .trial import (
+    LATENCY_REPEATS,
+    Evaluator,
+    OutputProbe,
+    TrialJob,
+    TrialResult,
+    describe,
+    latencies,
+    measure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +44,6 @@ DEFAULT_WORKSPACE = "./nc_workspace"
 TUNER_OPTIONS = ("seed", "latency_guard", "latency_margin")
 # An op type is learned slow only when quantizing it costs clearly more than timing noise.
 LEARN_MARGIN = 0.05
-PROBE_BATCHES = 4
 
 
 class TuningError(IncError):
@@ -49,135 +55,6 @@ class TuningError(IncError):
         super().__init__(message)
         self.best = best
         self.trials = trials
-
-
-@dataclass
-class Evaluator:
-    """The user's evaluation: ``eval_func(model)`` or the backend running ``dataloader``+``metric``."""
-
-    eval_func: Callable[[Any], Any] | None = None
-    dataloader: Iterable[Any] | None = None
-    metric: Any = None
-
-    def __call__(self, backend: Backend, native: Any) -> float:
-        if self.eval_func is not None:
-            value = self.eval_func(backend.user_model(native))
-            what = "eval_func"
-        else:
-            assert self.dataloader is not None
-            value = backend.evaluate(native, self.dataloader, self.metric)
-            what = "eval_metric"
-        try:
-            number = float(value)
-        except (TypeError, ValueError) as exc:
-            raise DataError(
-                f"{what} must return a number (the accuracy), got {type(value).__name__} {value!r}"
-            ) from exc
-        return number
-
-
-@dataclass
-class TrialResult:
-    accuracy: float | None = None
-    latency: float | None = None
-    size: int | None = None
-    error: str | None = None
-    seconds: float = 0.0
-    model: Any = None
-
-
-def _measure(method: Callable[..., Any], *args: Any) -> Any:
-    """A backend measurement, or None when the backend does not offer it."""
-    try:
-        return method(*args)
-    except NotImplementedError:
-        return None
-
-
-@dataclass
-class TrialJob:
-    """One candidate's quantize + evaluate; picklable so an executor can run it elsewhere.
-
-    Exceptions from the user's ``eval_func`` (and from ``train_func`` for QAT) propagate;
-    a failure inside the backend becomes the trial's ``error``.
-    """
-
-    backend: Backend
-    model: Any
-    plan: QuantPlan
-    ranges: TensorRanges | None
-    evaluator: Evaluator
-    latency_inputs: Sequence[Any] | None = None
-    measure_size: bool = False
-    session: Session | None = None
-    keep_model: bool = False
-
-    def __call__(self) -> TrialResult:
-        start = time.perf_counter()
-        if self.session is not None:
-            native = self.session.build(self.plan)
-        else:
-            assert self.ranges is not None
-            try:
-                native = self.backend.quantize(self.model, self.plan, self.ranges)
-            except Exception as exc:
-                return TrialResult(error=_describe(exc), seconds=time.perf_counter() - start)
-        try:
-            accuracy = self.evaluator(self.backend, native)
-        except Exception as exc:
-            if self.evaluator.eval_func is not None or isinstance(exc, (ConfigError, DataError)):
-                raise
-            return TrialResult(error=_describe(exc), seconds=time.perf_counter() - start)
-        result = TrialResult(accuracy=accuracy)
-        try:
-            if self.latency_inputs is not None:
-                result.latency = _measure(self.backend.latency, native, self.latency_inputs)
-            if self.measure_size:
-                result.size = _measure(self.backend.model_size, native)
-        except Exception as exc:
-            result.error = _describe(exc)
-        result.seconds = time.perf_counter() - start
-        result.model = native if self.keep_model else None
-        return result
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _flatten(value: Any) -> np.ndarray:
-    if isinstance(value, dict):
-        return np.concatenate([_flatten(v) for _, v in sorted(value.items())] or [np.zeros(0)])
-    if isinstance(value, (list, tuple)):
-        return np.concatenate([_flatten(v) for v in value] or [np.zeros(0)])
-    return np.asarray(value, dtype=np.float64).ravel()
-
-
-class OutputProbe:
-    """Relative squared error of each plan's outputs against fp32 on a few calibration batches."""
-
-    def __init__(self, session: Session, inputs: Sequence[Any]) -> None:
-        self.session = session
-        self.inputs = list(inputs)[:PROBE_BATCHES]
-        self.reference = [_flatten(session.backend.predict(session.model, x)) for x in self.inputs]
-        self.energy = sum(float((r**2).sum()) for r in self.reference) or 1.0
-
-    def errors(self, plans: Sequence[QuantPlan]) -> list[float]:
-        out = []
-        for plan in plans:
-            try:
-                native = self.session.build(plan)
-                diff = sum(
-                    float(((_flatten(self.session.backend.predict(native, x)) - r) ** 2).sum())
-                    for x, r in zip(self.inputs, self.reference, strict=True)
-                )
-                out.append(diff / self.energy)
-            except (ConfigError, DataError):
-                raise
-            except Exception as exc:
-                log.warning("output-error probe failed for a plan: %s", _describe(exc))
-                out.append(math.inf)
-        return out
 
 
 def _custom_build(session: Session) -> bool:
@@ -225,7 +102,7 @@ class Tuner:
         base = session.default_plan
         ops = [s.op for s in session.spaces]
         recipes = {} if _custom_build(session) else dict(base.recipes)
-        tunable = tunable_recipes(ops, recipes)
+        tunable = tunable_recipes(session.spaces, recipes)
         for recipe in tunable:
             if recipe.name == "smooth_quant_args":  # a backend gets one alpha, not the list
                 base = base.with_recipes({recipe.name: recipe.values[0]})
@@ -304,13 +181,20 @@ class Tuner:
             raise DataError(
                 f"the fp32 model's accuracy is {accuracy}; tuning needs a finite number"
             )
-        latency = (
-            _measure(backend.latency, model, self.latency_inputs)
-            if self.latency_inputs is not None
-            else None
-        )
-        size = _measure(backend.model_size, model) if self.measure_size else None
-        return Baseline(accuracy, latency, size)
+        latency, noise = None, 0.0
+        if self.latency_inputs is not None:
+            # one extra first run: warm-up (session creation, caches) is not timing noise
+            runs = latencies(backend, model, self.latency_inputs, LATENCY_REPEATS + 1)[1:]
+            if runs:
+                latency = min(runs)
+                noise = (max(runs) - latency) / latency if latency > 0 else 0.0
+        size = measure(backend.model_size, model) if self.measure_size else None
+        return Baseline(accuracy, latency, size, noise)
+
+    def _slower_than(self, latency: float, reference: float, floor: float = 0.0) -> bool:
+        """Slower beyond the user's margin and beyond the fp32 model's timing noise."""
+        noise = self.baseline.noise if self.baseline else 0.0
+        return latency > reference * (1 + max(self.margin, 2 * noise, floor))
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -392,7 +276,7 @@ class Tuner:
             except (ConfigError, DataError):
                 raise
             except Exception as exc:
-                return TrialResult(error=_describe(exc))
+                return TrialResult(error=describe(exc))
         job = TrialJob(
             backend=session.backend,
             model=session.model,
@@ -403,16 +287,22 @@ class Tuner:
             measure_size=self.measure_size,
             session=session if custom else None,
             keep_model=self.executor is None,
+            conf=session.conf,
         )
-        if isinstance(self.executor, ProcessPoolExecutor) and not self._checked_pickle:
+        if self.executor is None:
+            return job
+        # each job builds its own backend: backend caches (inference sessions) are neither
+        # thread-safe nor picklable
+        job = job.portable()
+        if not isinstance(self.executor, ThreadPoolExecutor) and not self._checked_pickle:
             self._checked_pickle = True
             try:
                 pickle.dumps(job)
             except Exception as exc:
                 raise ConfigError(
-                    "executor=ProcessPoolExecutor needs every part of a trial to pickle: the "
-                    "eval_func (a module-level function, not a lambda or closure), the model and "
-                    f"the backend ({_describe(exc)})"
+                    f"executor={type(self.executor).__name__} runs trials in other processes, so "
+                    "every part of a trial must pickle: the eval_func (a module-level function, "
+                    f"not a lambda or closure), the model and the backend ({describe(exc)})"
                 ) from exc
         return job
 
@@ -420,6 +310,9 @@ class Tuner:
 
     def _trial(self, plan: QuantPlan, phase: str, result: TrialResult) -> Trial:
         assert self.baseline is not None
+        finite = result.accuracy is None or math.isfinite(result.accuracy)
+        if result.error is None and not finite:
+            result = replace(result, error=f"the evaluation returned {result.accuracy}")
         if result.error is not None or result.accuracy is None:
             loss, met = math.inf, False
         else:
@@ -429,7 +322,7 @@ class Tuner:
             self.guard
             and result.latency is not None
             and self.baseline.latency is not None
-            and result.latency > self.baseline.latency * (1 + self.margin)
+            and self._slower_than(result.latency, self.baseline.latency)
         )
         return Trial(
             index=0,
@@ -508,7 +401,7 @@ class Tuner:
                     (measured[j], measured[i]),
                 ):
                     op_type = self._only_type_quantized(a, b)
-                    if op_type and lat_a > lat_b * (1 + max(self.margin, LEARN_MARGIN)):
+                    if op_type and self._slower_than(lat_a, lat_b, LEARN_MARGIN):
                         if op_type not in self.slow_types:
                             log.info(
                                 "op type %s runs slower quantized here; keeping it in fp32", op_type
@@ -661,6 +554,23 @@ def tune(
     Called by ``quantization.fit`` and ``training.fit`` when the user gives an evaluation.
     Returns the chosen ``QuantizedModel`` (its ``report["tuning"]`` holds the trial table) or
     raises ``TuningError`` with the closest candidate.
+
+    Stop rules: ``max_trials`` counts every quantize + evaluate (the fp32 baseline is not a
+    trial); with ``timeout=0`` the first candidate meeting the goal wins, with ``timeout>0`` the
+    search goes on until the strategy is done, the budget is spent or the time is up, and the
+    best passing candidate by ``objective`` wins. With objective ``performance`` a candidate
+    measured slower than fp32 (beyond timing noise and ``strategy_kwargs["latency_margin"]``)
+    never wins, and op types learned to run slower quantized stay in fp32; turn this off with
+    ``strategy_kwargs={"latency_guard": False}``.
+
+    ``executor`` is any ``concurrent.futures.Executor``. Each job carries the backend's class
+    (a fresh backend runs it), the model, the plan, the calibrated ranges and the user's
+    evaluation; beyond a ``ThreadPoolExecutor`` (a ``ProcessPoolExecutor``, or on a cluster
+    ``dask.distributed.Client(...).get_executor()``) jobs are pickled, so ``eval_func`` must be
+    a module-level function. The result equals the serial run: a candidate wins only after every earlier one
+    has reported. ``workspace`` (default ``./nc_workspace``) receives ``tuning_history.json``
+    after every trial; ``resume_from`` (that folder or file) replays the trials it holds.
+    ``progress`` shows a bar (tqdm when installed); None means only when stderr is a terminal.
     """
     if eval_func is None and (eval_dataloader is None or eval_metric is None):
         raise ConfigError("tuning needs eval_func, or eval_dataloader together with eval_metric")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .auto import AutoStrategy
-from .base import Batch, Outcome, Probe, Strategy, TuningSpace
+from .base import Batch, Outcome, Probe, Strategy
 from .basic import BasicStrategy
 from .bayesian import BayesianStrategy
 from .conservative import ConservativeStrategy
@@ -11,6 +11,7 @@ from .exhaustive import ExhaustiveStrategy
 from .mse import MseStrategy
 from .mse_v2 import MseV2Strategy, SensitivityStrategy
 from .random import RandomStrategy
+from .space import TuningSpace
 
 STRATEGIES: dict[str, type[Strategy]] = {
     s.name: s

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..space import QuantPlan
-from .base import Batch, Search, Step, Strategy, TuningSpace, lowest
+from .base import Batch, Search, Step, Strategy, lowest
+from .space import TuningSpace
 
 
 def improve(space: TuningSpace, current: QuantPlan, loss: float) -> Step:

@@ -1,8 +1,9 @@
 """``bayesian``: a Gaussian process over op choices, proposing by expected improvement.
 
-Each tunable op is one dimension: the index of its choice scaled to [0, 1] (default 0, float
-fallback 1). After the default plan and a few seeded random plans, each next plan is the one
-with the highest expected improvement of the accuracy loss among a seeded random pool.
+Each tunable op gives two features: whether it stays in float, and the place of its quantized
+choice in its list scaled to [0, 1]. After the default plan and a few seeded random plans (an op
+stays in float with probability 1/4), each next plan is the one with the highest expected
+improvement of the accuracy loss among a seeded random pool.
 Options: ``strategy_kwargs={"seed": 0, "initial_points": 4, "pool": 256}``.
 """
 
@@ -13,12 +14,7 @@ import math
 import numpy as np
 
 from ..space import QuantPlan
-from .base import Batch, Search, Strategy, TuningSpace
-
-
-def encode(space: TuningSpace, names: list[str], indices: np.ndarray) -> QuantPlan:
-    changes = {n: space.spaces[n].choices[int(i)] for n, i in zip(names, indices, strict=True)}
-    return space.base.with_ops(changes)
+from .base import Batch, Search, Strategy
 
 
 def gp_posterior(
@@ -49,6 +45,9 @@ def expected_improvement(mu: np.ndarray, sigma: np.ndarray, best: float) -> np.n
     return np.asarray((best - mu) * cdf + sigma * pdf)
 
 
+FLOAT_SHARE = 0.25  # chance that a random draw keeps an op in float
+
+
 class BayesianStrategy(Strategy):
     name = "bayesian"
     options = ("initial_points", "pool")
@@ -56,38 +55,50 @@ class BayesianStrategy(Strategy):
     def search(self) -> Search:
         space = self.space
         names = space.tunable()
-        sizes = np.array([len(space.spaces[n].choices) for n in names])
         rng = np.random.default_rng(self.seed)
+        quant = [[c for c in space.spaces[n].choices if c.quantized] for n in names]
+        floats = [space.float_choice(n) for n in names]
         seen: dict[str, tuple[np.ndarray, float]] = {}
 
-        def draw(count: int) -> np.ndarray:
-            return np.asarray(rng.integers(0, sizes, size=(count, len(names))))
+        def draw() -> QuantPlan:
+            changes = {}
+            for name, options, fallback in zip(names, quant, floats, strict=True):
+                if fallback is not None and (not options or rng.random() < FLOAT_SHARE):
+                    changes[name] = fallback
+                else:
+                    changes[name] = options[int(rng.integers(len(options)))]
+            return space.base.with_ops(changes)
 
-        def record(indices: list[np.ndarray], outcomes: list[float]) -> None:
-            for idx, loss in zip(indices, outcomes, strict=False):
-                seen[encode(space, names, idx).key()] = (idx / np.maximum(sizes - 1, 1), loss)
+        def features(plan: QuantPlan) -> np.ndarray:
+            """Per op: 1 when in float, else 0; and the quantized choice's place in [0, 1]."""
+            out = []
+            for name, options in zip(names, quant, strict=True):
+                op = plan.ops[name]
+                is_float = not op.quantized
+                place = options.index(op) / max(len(options) - 1, 1) if op in options else 0.0
+                out += [float(is_float), place]
+            return np.array(out)
 
-        first = [np.zeros(len(names), dtype=int)]
-        first += [i for i in draw(int(self.kwargs.get("initial_points", 4)))]
-        first = [i for k, i in {encode(space, names, i).key(): i for i in first}.items()]
-        plans = [encode(space, names, i) for i in first]
+        initial = [space.base, *(draw() for _ in range(int(self.kwargs.get("initial_points", 4))))]
+        plans = list({p.key(): p for p in initial if p.quantized_ops()}.values())
         outcomes = yield Batch(plans, "bayesian: initial")
-        record(first, [o.loss for o in outcomes])
+        for plan, outcome in zip(plans, outcomes, strict=False):
+            seen[plan.key()] = (features(plan), outcome.loss)
         pool_size = int(self.kwargs.get("pool", 256))
         while names:
-            pool = [i for i in draw(pool_size) if encode(space, names, i).key() not in seen]
-            pool = [i for i in pool if encode(space, names, i).quantized_ops()]
-            if not pool:
+            pool = list({p.key(): p for p in (draw() for _ in range(pool_size))}.values())
+            pool = [p for p in pool if p.key() not in seen and p.quantized_ops()]
+            if not pool or not seen:
                 return
             x = np.array([v[0] for v in seen.values()])
             losses = np.array([v[1] for v in seen.values()])
             finite = np.isfinite(losses)
             cap = losses[finite].max() + 1.0 if finite.any() else 1.0
             y = np.where(finite, losses, cap)
-            query = np.array(pool) / np.maximum(sizes - 1, 1)
+            query = np.array([features(p) for p in pool])
             mu, sigma = gp_posterior(x, y, query)
             pick = pool[int(np.argmax(expected_improvement(mu, sigma, float(y.min()))))]
-            outcomes = yield Batch([encode(space, names, pick)], "bayesian")
+            outcomes = yield Batch([pick], "bayesian")
             if not outcomes:
                 return
-            record([pick], [outcomes[0].loss])
+            seen[pick.key()] = (features(pick), outcomes[0].loss)

@@ -4,7 +4,8 @@ at a time, keeping each type whose quantization still meets the goal."""
 from __future__ import annotations
 
 from ..space import QuantPlan
-from .base import Batch, Search, Step, Strategy, TuningSpace, is_compute_type
+from .base import Batch, Search, Step, Strategy
+from .space import TuningSpace, is_compute_type
 
 # INC's priority: the compute-heavy types first, then the rest in model order.
 _PRIORITY = ("conv", "matmul", "gemm", "linear", "dense")

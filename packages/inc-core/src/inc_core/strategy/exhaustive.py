@@ -6,7 +6,8 @@ import itertools
 from collections.abc import Iterator
 
 from ..space import QuantPlan
-from .base import Batch, Search, Strategy, TuningSpace, apply_recipe
+from .base import Batch, Search, Strategy
+from .space import TuningSpace, apply_recipe
 
 CHUNK = 8  # plans per batch: bounds wasted parallel work after a pass, not the result
 

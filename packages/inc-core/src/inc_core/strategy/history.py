@@ -26,9 +26,16 @@ class Baseline:
     accuracy: float
     latency: float | None = None
     size: int | None = None
+    #: relative spread of repeated latency measurements of the fp32 model (timing noise)
+    noise: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "latency": self.latency, "size": self.size}
+        return {
+            "accuracy": self.accuracy,
+            "latency": self.latency,
+            "size": self.size,
+            "noise": self.noise,
+        }
 
 
 @dataclass
@@ -161,7 +168,9 @@ class History:
         history = cls(path, expected, str(data.get("strategy", "")))
         base = data.get("baseline")
         if base is not None:
-            history.baseline = Baseline(base["accuracy"], base.get("latency"), base.get("size"))
+            history.baseline = Baseline(
+                base["accuracy"], base.get("latency"), base.get("size"), base.get("noise", 0.0)
+            )
         history.trials = [Trial.from_dict(t) for t in data.get("trials", [])]
         history.elapsed = float(data.get("elapsed", 0.0))
         return history

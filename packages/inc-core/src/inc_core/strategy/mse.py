@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 
 from ..space import QuantPlan
-from .base import Batch, Search, Strategy, TuningSpace
+from .base import Batch, Search, Strategy
+from .space import TuningSpace
 
 log = logging.getLogger(__name__)
 

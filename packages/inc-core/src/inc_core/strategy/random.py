@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..space import QuantPlan
-from .base import Batch, Search, Strategy, TuningSpace
+from .base import Batch, Search, Strategy
+from .space import TuningSpace
 
 CHUNK = 8
 GIVE_UP = 1000  # consecutive repeats before the space counts as exhausted
