@@ -219,3 +219,27 @@ def test_fit_with_evaluation_hands_over_to_tuning(mlp, calib_loader, monkeypatch
     # calibration_sampling_size defaults to 100: two of the four 50-sample batches
     assert session.calib_inputs is not None and len(session.calib_inputs) == 2
     assert [s.op.name for s in session.spaces] == ["fc1", "fc2"]
+
+
+def test_eval_metric_direction_must_agree_with_the_criterion(mlp, calib_loader):
+    from inc_core.metric import METRICS
+
+    with pytest.raises(ConfigError, match="higher_is_better"):
+        quantization.fit(
+            mlp,
+            PostTrainingQuantConfig(approach="static"),
+            calib_dataloader=calib_loader,
+            eval_dataloader=calib_loader,
+            eval_metric=METRICS("onnxrt")["MSE"](),
+        )
+
+
+def test_eval_metric_without_the_protocol_is_rejected_before_quantizing(mlp, calib_loader):
+    with pytest.raises(ConfigError, match="reset"):
+        quantization.fit(
+            mlp,
+            PostTrainingQuantConfig(approach="static"),
+            calib_dataloader=calib_loader,
+            eval_dataloader=calib_loader,
+            eval_metric=object(),
+        )

@@ -176,6 +176,8 @@ def fit(
             "approach='static' needs calibration data: pass calib_dataloader (or calib_func), "
             "or use PostTrainingQuantConfig(approach='dynamic')"
         )
+    if eval_metric is not None:
+        eval_metric = _checked_metric(eval_metric, conf)
     start = time.perf_counter()
     session = prepare_session(model, conf, calib_dataloader, calib_func)
 
@@ -204,3 +206,17 @@ def fit(
         resume_from=resume_from,
         progress=progress,
     )
+
+
+def _checked_metric(eval_metric: Any, conf: PostTrainingQuantConfig) -> Any:
+    """The metric as an object with reset/update/result, agreeing with the accuracy criterion."""
+    from .metric import check_metric, higher_is_better
+
+    metric = check_metric(eval_metric)
+    if higher_is_better(metric) != conf.accuracy_criterion.higher_is_better:
+        raise ConfigError(
+            f"eval_metric {type(metric).__name__} has higher_is_better={higher_is_better(metric)} but "
+            f"accuracy_criterion has higher_is_better={conf.accuracy_criterion.higher_is_better}; "
+            f"set AccuracyCriterion(higher_is_better={higher_is_better(metric)})"
+        )
+    return metric
