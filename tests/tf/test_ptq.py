@@ -164,6 +164,9 @@ def test_first_and_last_recipes(cnn, digits):
     # TFLite ops in execution order: conv1 fp32, dw/conv2/fc1 int8, fc2 fp32
     assert ops[0] == ("CONV_2D", "float32") and ops[-1] == ("FULLY_CONNECTED", "float32"), ops
     assert all(d == "int8" for _, d in ops[1:-1]), ops
+    # the plan reported (and saved in inc.json) says what ran
+    assert q.plan.ops["conv1"].approach == "fp32" and q.plan.ops["fc2"].approach == "fp32"
+    assert q.plan.ops["fc1"].quantized
     default = quantization.fit(cnn, static(), calib_dataloader=digits.calib())
     assert all(d == "int8" for _, d in op_dtypes(default.model).values())
 

@@ -104,6 +104,14 @@ class Backend(abc.ABC):
         """Outputs of ``model`` on one batch of inputs, as numpy (evaluation, sensitivity)."""
         raise NotImplementedError(f"backend {self.name!r} has no predict")
 
+    def effective_plan(self, model: Any, plan: QuantPlan) -> QuantPlan:
+        """``plan`` as ``quantize`` really runs it on ``model``: ops that recipes (first/last
+        conv or matmul, pre/post processing) keep in fp32 shown as fp32.
+
+        Called when a candidate is wrapped, so reports and inc.json say what ran.
+        """
+        return plan
+
     def user_model(self, model: Any) -> Any:
         """The object handed to the user's ``eval_func`` for a native model (default: itself)."""
         return model

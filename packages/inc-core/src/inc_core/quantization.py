@@ -90,7 +90,7 @@ class Session:
         return QuantizedModel(
             model=native,
             backend=self.backend.name,
-            plan=plan,
+            plan=self.backend.effective_plan(self.model, plan),
             config=self.conf.to_dict(),
             report=report or {},
         )

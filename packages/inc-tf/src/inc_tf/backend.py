@@ -97,6 +97,9 @@ class TfBackend(Backend):
     op_type_aliases = kl.ALIASES
     priority = 30
 
+    def effective_plan(self, model: keras.Model, plan: QuantPlan) -> QuantPlan:
+        return effective_plan(model, plan)
+
     def __init__(self) -> None:
         self.config_backend = "default"
 
