@@ -177,3 +177,15 @@ def test_a_generator_loader_works(recording, mlp, blobs):
     loader = ((x[i : i + 25], y[i : i + 25]) for i in range(0, 100, 25))
     quantization.fit(mlp, static(), calib_dataloader=loader)
     assert len(recording.seen) == 4
+
+
+def test_a_reader_with_get_next_is_read_until_none():
+    class Reader:  # onnxruntime's CalibrationDataReader protocol, duck-typed
+        def __init__(self) -> None:
+            self.items = [{"input": np.ones((2, 3))}, {"input": np.zeros((1, 3))}]
+
+        def get_next(self):
+            return self.items.pop(0) if self.items else None
+
+    batches = list(model_inputs(Reader()))
+    assert [b["input"].shape[0] for b in batches] == [2, 1]

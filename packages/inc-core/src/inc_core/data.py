@@ -49,6 +49,10 @@ def _iterate(dataloader: Iterable[Any], what: str) -> Iterator[Any]:
             f"{what} is a single array of shape {tuple(dataloader.shape)}; pass an iterable of "
             "batches instead, e.g. [(x, y)] or [x[i:i + 32] for i in range(0, len(x), 32)]"
         )
+    get_next = getattr(dataloader, "get_next", None)
+    if callable(get_next) and not hasattr(dataloader, "__iter__"):
+        # onnxruntime's CalibrationDataReader protocol: get_next() until it returns None
+        return iter(get_next, None)
     try:
         return iter(dataloader)
     except TypeError as exc:

@@ -1,0 +1,285 @@
+"""``OrtBackend``: the inc plugin contract for ONNX Runtime models (paths or ``onnx.ModelProto``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from inc_core.backend import Backend
+from inc_core.calibration import OBSERVERS
+from inc_core.errors import ConfigError, DataError, ModelError
+from inc_core.space import (
+    OpCapability,
+    OpInfo,
+    OpQuant,
+    QuantPlan,
+    TensorOptions,
+    TensorRanges,
+)
+
+from . import cleanup, graph, model_io, planner, providers, recipes
+from ._runtime import check_supported, onnx, ort
+from .calibrate import collect_ranges, tensors_to_observe
+from .feeds import to_feed
+from .quantizer import IncQDQQuantizer, IncQOperatorQuantizer, run
+
+_ALGORITHMS = tuple(a for a in ("minmax", "kl", "percentile", "mse") if a in OBSERVERS)
+_ACTIVATION = TensorOptions(
+    dtype=("uint8", "int8"),
+    scheme=("asym", "sym"),
+    granularity=("per_tensor",),
+    algorithm=_ALGORITHMS,
+)
+# TensorRT runs symmetric int8 only.
+_ACTIVATION_TRT = TensorOptions(
+    dtype=("int8",), scheme=("sym",), granularity=("per_tensor",), algorithm=_ALGORITHMS
+)
+_CONV_WEIGHT = TensorOptions(
+    dtype=("int8",), scheme=("sym",), granularity=("per_channel", "per_tensor")
+)
+_MATMUL_WEIGHT = TensorOptions(
+    dtype=("int8",), scheme=("sym",), granularity=("per_channel", "per_tensor")
+)
+_DYNAMIC_ACTIVATION = TensorOptions(dtype=("uint8",), scheme=("asym",), algorithm=("minmax",))
+
+#: metadata key recording which graph optimization level load_model applied
+_OPT_KEY = "inc.graph_optimization_level"
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime: QDQ (default) or QOperator static int8, QIntegerOps dynamic int8."""
+
+    name = "onnxrt"
+    package = "inc-ort"
+    framework = "onnxrt"
+    convention = "onnxrt"
+    config_backends = (
+        "default",
+        "onnxrt_trt_ep",
+        "onnxrt_cuda_ep",
+        "onnxrt_dnnl_ep",
+        "onnxrt_dml_ep",
+    )
+    op_type_aliases: ClassVar[dict[str, tuple[str, ...]]] = graph.GENERIC_ALIASES
+    priority = 50
+
+    def __init__(self) -> None:
+        self.config_backend = "default"
+        self._sessions: dict[int, tuple[Any, Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # InferenceSessions do not pickle; a process pool gets the backend without them.
+        return {"config_backend": self.config_backend}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.config_backend = state["config_backend"]
+        self._sessions = {}
+
+    # ------------------------------------------------------------------ model in
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        if isinstance(model, (str, Path)):
+            return str(model).lower().endswith(".onnx")
+        module = type(model).__module__
+        if not module.startswith("onnx"):
+            return False
+        return isinstance(model, onnx.ModelProto)
+
+    def check_config(self, conf: Any) -> None:
+        check_supported()
+        providers.check_provider(conf.backend)
+        self.config_backend = conf.backend
+        if conf.backend == "onnxrt_trt_ep" and conf.quant_format == "QOperator":
+            raise ConfigError(
+                "backend='onnxrt_trt_ep' runs QDQ models only; use quant_format='QDQ' or 'default'"
+            )
+
+    def load_model(self, model: Any, conf: Any) -> onnx.ModelProto:
+        proto = model_io.load(model)
+        model_io.check(proto, str(model) if isinstance(model, (str, Path)) else "the ModelProto")
+        if graph.opset(proto) < 10:
+            raise ModelError(
+                f"the model uses opset {graph.opset(proto)}, which has no QuantizeLinear; inc keeps "
+                "your opset, so convert it first: onnx.version_converter.convert_version(model, 13)"
+            )
+        recipe = dict(getattr(conf, "recipes", {}) or {})
+        return prepare(proto, recipe)
+
+    def ops(self, model: onnx.ModelProto) -> list[OpInfo]:
+        consts, shapes = graph.constants(model), graph.weight_shapes(model)
+        return [
+            OpInfo(node.name, node.op_type)
+            for node in model.graph.node
+            if graph.is_listed(node, consts, graph.STATIC_OPS, shapes)
+        ]
+
+    def capability(self, approach: str, device: str) -> dict[str, OpCapability]:
+        if approach == "dynamic":
+            return {t: OpCapability(_DYNAMIC_ACTIVATION, _MATMUL_WEIGHT) for t in graph.DYNAMIC_OPS}
+        activation = _ACTIVATION_TRT if self.config_backend == "onnxrt_trt_ep" else _ACTIVATION
+        caps = {t: OpCapability(activation) for t in graph.ELEMENTWISE_OPS}
+        caps.update({t: OpCapability(activation, _CONV_WEIGHT) for t in ("Conv", "ConvTranspose")})
+        caps.update({t: OpCapability(activation, _MATMUL_WEIGHT) for t in ("MatMul", "Gemm")})
+        return caps
+
+    # ------------------------------------------------------------------ calibrate / quantize
+    def calibrate(
+        self, model: onnx.ModelProto, dataloader: Iterable[Any], plan: QuantPlan
+    ) -> TensorRanges:
+        data = list(dataloader)
+        if not data:
+            raise DataError("calib_dataloader yielded no samples; give it at least one batch")
+        extra: TensorRanges = {}
+        if plan.recipes.get("smooth_quant"):
+            extra = recipes.smooth_quant_scales(model, data, plan)
+            model = recipes.apply_smooth_quant(model, extra, plan)
+        algorithms = self._algorithms(model, plan)
+        means = recipes.bias_correction_inputs(model, plan)
+        ranges = collect_ranges(model, data, algorithms, means)
+        ranges.update(extra)
+        return ranges
+
+    def _algorithms(self, model: onnx.ModelProto, plan: QuantPlan) -> dict[str, Any]:
+        """tensor -> (algorithm, options): kl/mse search for the dtype and scheme it will get."""
+        tensors = tensors_to_observe(model, graph.STATIC_OPS)
+        static = {n: op for n, op in plan.ops.items() if op.approach == "static"}
+        schemes = planner.activation_schemes(model, static)
+        out: dict[str, Any] = {}
+        for tensor in tensors:
+            ts = schemes.get(tensor)
+            if ts is None:
+                out[tensor] = "minmax"
+            else:
+                options = {"dtype": ts.dtype, "scheme": ts.scheme, "convention": self.convention}
+                out[tensor] = (ts.algorithm, options)
+        return out
+
+    def quantize(
+        self, model: onnx.ModelProto, plan: QuantPlan, ranges: TensorRanges
+    ) -> onnx.ModelProto:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        if plan.recipes.get("smooth_quant"):
+            work = recipes.apply_smooth_quant(work, ranges, plan)
+        nodes = planner.split_nodes(work, plan)
+        if not nodes.static and not nodes.dynamic:
+            out = work
+        else:
+            qoperator = plan.quant_format == "QOperator"
+            if nodes.static:
+                recipes.correct_weights(work, plan, ranges)
+                spec = planner.static_spec(work, plan, ranges, nodes, qoperator)
+                spec.extra_options.update(recipes.qdq_options(plan, self.config_backend))
+                quantizer = (
+                    IncQOperatorQuantizer(work, spec, static=True)
+                    if qoperator
+                    else IncQDQQuantizer(work, spec)
+                )
+                work = run(quantizer)
+                if not qoperator:
+                    cleanup.strip_output_qdq(work)
+            if nodes.dynamic:
+                if any(plan.op_types[n] == "Gemm" for n in nodes.dynamic):
+                    # onnxruntime's own Gemm rewrite renames the nodes; ours keeps the names
+                    work = graph.gemm_to_matmul(work)
+                spec = planner.dynamic_spec(work, plan, nodes)
+                work = run(IncQOperatorQuantizer(work, spec, static=False))
+            out = work
+        return finish(out, model)
+
+    def effective_plan(self, model: onnx.ModelProto, plan: QuantPlan) -> QuantPlan:
+        """``plan`` with the ops that first/last/pre_post recipes keep in fp32 shown as fp32."""
+        nodes = planner.split_nodes(model, plan)
+        floats = {
+            name: OpQuant.float("fp32")
+            for name in nodes.excluded
+            if name in plan.ops and plan.ops[name].quantized
+        }
+        return plan.with_ops(floats) if floats else plan
+
+    # ------------------------------------------------------------------ run
+    def session(self, model: onnx.ModelProto) -> Any:
+        """An InferenceSession on the configured execution provider (cached per model object)."""
+        key = id(model)
+        cached = self._sessions.get(key)
+        if cached is not None and cached[0] is model:
+            return cached[1]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if model.ByteSize() >= model_io.PROTOBUF_LIMIT:
+            raise ModelError(
+                "models over 2 GB run from a saved folder: QuantizedModel.save() then load()"
+            )
+        sess = ort.InferenceSession(
+            model.SerializeToString(),
+            options,
+            providers=providers.providers_for(self.config_backend),
+        )
+        if len(self._sessions) >= 4:
+            self._sessions.pop(next(iter(self._sessions)))
+        self._sessions[key] = (model, sess)
+        return sess
+
+    def predict(self, model: onnx.ModelProto, inputs: Any) -> Any:
+        outputs = self.session(model).run(None, to_feed(model, inputs, "evaluation input"))
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def user_model(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        return model
+
+    def latency(self, model: onnx.ModelProto, inputs: Sequence[Any]) -> float:
+        sess = self.session(model)
+        feeds = [to_feed(model, batch, "latency input") for batch in inputs]
+        sess.run(None, feeds[0])
+        times = []
+        for feed in feeds:
+            start = time.perf_counter()
+            sess.run(None, feed)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times))
+
+    def model_size(self, model: onnx.ModelProto) -> int:
+        return int(model.ByteSize())
+
+    # ------------------------------------------------------------------ files
+    def save(self, model: onnx.ModelProto, directory: Path) -> list[str]:
+        return model_io.save(model, directory / model_io.MODEL_FILE)
+
+    def load(self, directory: Path, **kwargs: Any) -> onnx.ModelProto:
+        return model_io.load(directory / model_io.MODEL_FILE)
+
+    def versions(self) -> dict[str, str]:
+        return {"onnx": onnx.__version__, "onnxruntime": ort.__version__}
+
+
+def prepare(proto: onnx.ModelProto, recipe: dict[str, Any]) -> onnx.ModelProto:
+    """The graph inc quantizes: named nodes, optimized by onnxruntime, recipes' rewrites applied."""
+    graph.ensure_names(proto)
+    level = recipe.get("graph_optimization_level", "ENABLE_BASIC")
+    optimized = graph.optimize(proto, level)
+    graph.ensure_names(optimized)
+    if recipe.get("gemm_to_matmul"):
+        optimized = graph.gemm_to_matmul(optimized)
+    entry = optimized.metadata_props.add()
+    entry.key, entry.value = _OPT_KEY, level
+    return optimized
+
+
+def finish(out: onnx.ModelProto, source: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop inc's bookkeeping and keep the input's opset for the default domain."""
+    keep = [p for p in out.metadata_props if not p.key.startswith("inc.")]
+    del out.metadata_props[:]
+    out.metadata_props.extend(keep)
+    want = {o.domain: o.version for o in source.opset_import}
+    for opset in out.opset_import:
+        if (
+            opset.domain in ("", "ai.onnx")
+            and opset.domain in want
+            and opset.version < want[opset.domain]
+        ):
+            opset.version = want[opset.domain]
+    return out

@@ -1,0 +1,127 @@
+"""Calibration: run the fp32 graph with its intermediate tensors exposed, feed inc's observers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from inc_core.calibration import create_observer
+from inc_core.errors import DataError
+from inc_core.space import TensorRange, TensorRanges
+
+from . import graph
+from ._runtime import onnx, ort
+from .feeds import to_feed
+
+#: prefix of entries in TensorRanges that carry per-channel input means (bias correction)
+MEAN_PREFIX = "inc.mean:"
+
+
+def tensors_to_observe(model: onnx.ModelProto, types: Iterable[str]) -> list[str]:
+    """Float activations around the ops that may be quantized (inputs and outputs)."""
+    wanted_types = set(types) | set(graph.FOLLOW_OPS)
+    consts = graph.constants(model)
+    floats = graph.float_tensors(model)
+    names: list[str] = []
+    for node in model.graph.node:
+        if node.op_type not in wanted_types:
+            continue
+        for name in (*node.input, *node.output):
+            if name and name not in consts and name in floats and name not in names:
+                names.append(name)
+    return names
+
+
+def session(
+    model: onnx.ModelProto, outputs: Iterable[str], providers: list[str] | None = None
+) -> ort.InferenceSession:
+    """An InferenceSession over ``model`` that also returns ``outputs`` (no graph rewrites)."""
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    existing = {o.name for o in augmented.graph.output}
+    for name in outputs:
+        if name not in existing:
+            augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+            existing.add(name)
+    options = ort.SessionOptions()
+    # The exposed tensors must be the fp32 graph's own, not those of a fused graph.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        augmented.SerializeToString(), options, providers=providers or ["CPUExecutionProvider"]
+    )
+
+
+def run_batches(
+    model: onnx.ModelProto,
+    dataloader: Iterable[Any],
+    tensors: list[str],
+    visit: Callable[[str, np.ndarray], None],
+) -> int:
+    """Run every batch, calling ``visit(tensor, value)``; returns the number of batches."""
+    sess = session(model, tensors)
+    count = 0
+    for inputs in dataloader:
+        feed = to_feed(model, inputs)
+        try:
+            values = sess.run(tensors, feed)
+        except Exception as exc:
+            raise DataError(
+                f"onnxruntime could not run the model on the calibration data: {exc}"
+            ) from exc
+        for name, value in zip(tensors, values, strict=True):
+            visit(name, value)
+        count += 1
+    if count == 0:
+        raise DataError("calibration data yielded no samples; give it at least one batch")
+    return count
+
+
+def collect_ranges(
+    model: onnx.ModelProto,
+    dataloader: Iterable[Any],
+    algorithms: Mapping[str, str | tuple[str, Mapping[str, Any]]],
+    means_for: Iterable[str] = (),
+) -> TensorRanges:
+    """Ranges of the tensors in ``algorithms``: tensor -> algorithm (minmax/kl/percentile/mse),
+    or (algorithm, observer options such as the dtype/scheme the range is for).
+
+    ``means_for`` adds per-channel means (axis 1, or the last axis for 3-D activations) of those
+    tensors as ``inc.mean:<tensor>`` entries, for bias correction.
+    """
+    observers = {
+        name: create_observer(spec)
+        if isinstance(spec, str)
+        else create_observer(spec[0], **spec[1])
+        for name, spec in algorithms.items()
+    }
+    mean_names = list(means_for)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+
+    def visit(name: str, value: np.ndarray) -> None:
+        if name in observers:
+            if not np.all(np.isfinite(value)):
+                raise DataError(
+                    f"tensor {name!r} became NaN or inf on the calibration data; check the inputs "
+                    "and the fp32 model"
+                )
+            observers[name].update(value)
+        if name in mean_names:
+            axis = value.ndim - 1 if value.ndim == 3 else min(1, value.ndim - 1)
+            moved = np.moveaxis(value.astype(np.float64), axis, -1).reshape(-1, value.shape[axis])
+            sums[name] = sums.get(name, 0) + moved.sum(0)
+            counts[name] = counts.get(name, 0) + moved.shape[0]
+
+    tensors = list(dict.fromkeys([*observers, *mean_names]))
+    run_batches(model, dataloader, tensors, visit)
+    ranges: TensorRanges = {}
+    for name, observer in observers.items():
+        lo, hi = observer.range()
+        ranges[name] = TensorRange.of(lo, hi)
+    for name in mean_names:
+        mean = sums[name] / counts[name]
+        ranges[MEAN_PREFIX + name] = TensorRange.of(mean, mean)
+    return ranges

@@ -1,0 +1,317 @@
+"""From inc's plan and ranges to onnxruntime's vocabulary: which nodes, which scale and zero point.
+
+Every number here comes from ``inc_core.scheme`` (convention "onnxrt").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from inc_core import scheme
+from inc_core.space import OpQuant, QuantPlan, TensorRanges, TensorScheme
+
+from . import graph
+from ._runtime import onnx
+from .quantizer import NP_TYPES, QUANT_TYPES, QuantizerSpec
+
+CONVENTION = "onnxrt"
+
+
+@dataclass
+class Nodes:
+    """The model's listed ops split by what the plan (and the recipes) decided."""
+
+    static: list[str]
+    dynamic: list[str]
+    excluded: list[str]  # float by plan or by a recipe
+
+
+def weight_axis(node: onnx.NodeProto, rank: int) -> int:
+    """The output-channel axis of a weighted op's weight (per-channel quantization)."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return rank - 1  # MatMul: (.., K, N)
+
+
+def split_nodes(model: onnx.ModelProto, plan: QuantPlan) -> Nodes:
+    recipes = plan.recipes
+    recipe_float: set[str] = set()
+    weighted = [n.name for n in graph.weighted_nodes(model)]
+    if weighted and recipes.get("first_conv_or_matmul_quantization") is False:
+        recipe_float.add(weighted[0])
+    if weighted and recipes.get("last_conv_or_matmul_quantization") is False:
+        recipe_float.add(weighted[-1])
+    if recipes.get("pre_post_process_quantization") is False:
+        recipe_float.update(graph.pre_post_nodes(model))
+    static, dynamic, excluded = [], [], []
+    for name, op in plan.ops.items():
+        if not op.quantized or name in recipe_float:
+            excluded.append(name)
+        elif op.approach == "dynamic":
+            dynamic.append(name)
+        else:
+            static.append(name)
+    # pre/post-processing may name follow ops (Reshape, ...) that plan.ops does not list
+    excluded.extend(sorted(recipe_float - set(plan.ops)))
+    return Nodes(static, dynamic, excluded)
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
+def activation_schemes(
+    model: onnx.ModelProto, ops: Mapping[str, OpQuant]
+) -> dict[str, TensorScheme]:
+    """Tensor -> the activation scheme it is quantized with.
+
+    A tensor takes the scheme of the first quantized op that consumes it (the spec's per-op
+    activation rule is about the op's input), looking through data-movement ops; a tensor no
+    quantized op consumes (a graph output) takes its producer's.
+    """
+    consumers = _consumers(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consts = graph.constants(model)
+    memo: dict[str, TensorScheme | None] = {}
+
+    def downstream(tensor: str, depth: int = 0) -> TensorScheme | None:
+        if tensor in memo:
+            return memo[tensor]
+        memo[tensor] = None
+        found = None
+        for node in consumers.get(tensor, []):
+            op = ops.get(node.name)
+            if op is not None and op.approach == "static" and op.activation is not None:
+                found = op.activation
+                break
+            if node.op_type in graph.FOLLOW_OPS and depth < 32:
+                found = downstream(node.output[0], depth + 1)
+                if found is not None:
+                    break
+        memo[tensor] = found
+        return found
+
+    def upstream(tensor: str, depth: int = 0) -> TensorScheme | None:
+        node = producers.get(tensor)
+        if node is None:
+            return None
+        op = ops.get(node.name)
+        if op is not None and op.approach == "static" and op.activation is not None:
+            return op.activation
+        if node.op_type in graph.FOLLOW_OPS and depth < 32 and node.input:
+            return upstream(node.input[0], depth + 1)
+        return None
+
+    names = {t for n in model.graph.node for t in (*n.input, *n.output) if t and t not in consts}
+    result = {}
+    for tensor in names:
+        chosen = downstream(tensor) or upstream(tensor)
+        if chosen is not None:
+            result[tensor] = chosen
+    return result
+
+
+def float_outputs(model: onnx.ModelProto, ops: Mapping[str, OpQuant]) -> set[str]:
+    """Outputs of static ops that no quantized op reads (directly or through data movement).
+
+    Quantizing them would add a Q/DQ round trip that only costs time and precision: the float
+    consumer (a bias Add, a LayerNorm, a graph output) wants float, and onnxruntime fuses
+    ``DQ -> MatMul/Gemm/Conv`` with a float output (e.g. MatMulIntegerToFloat).
+    """
+    consumers = _consumers(model)
+
+    def feeds_quantized(tensor: str, depth: int = 0) -> bool:
+        for node in consumers.get(tensor, []):
+            op = ops.get(node.name)
+            if op is not None and op.approach == "static":
+                return True
+            if (
+                node.op_type in graph.FOLLOW_OPS
+                and depth < 32
+                and feeds_quantized(node.output[0], depth + 1)
+            ):
+                return True
+        return False
+
+    static = {name for name, op in ops.items() if op.approach == "static"}
+    return {
+        o for n in model.graph.node if n.name in static for o in n.output if not feeds_quantized(o)
+    }
+
+
+def adjusted_ranges(model: onnx.ModelProto, ranges: TensorRanges) -> dict[str, tuple[float, float]]:
+    """Per-tensor (min, max), with onnxruntime's own adjustments applied first.
+
+    A Relu/Clip whose input feeds only it is folded into the Q of its input, so that input is
+    quantized with the activation's output range; a Softmax output spans [0, 1].
+    """
+    plain = {k: (float(v.min), float(v.max)) for k, v in ranges.items() if ":" not in k}
+    consumers = _consumers(model)
+    for node in model.graph.node:
+        if node.op_type in ("Relu", "Clip") and len(consumers.get(node.input[0], [])) == 1:
+            if node.output[0] in plain and node.input[0] in plain:
+                plain[node.input[0]] = plain[node.output[0]]
+        elif node.op_type == "Softmax" and node.output[0] in plain:
+            plain[node.output[0]] = (0.0, 1.0)
+    return plain
+
+
+def activation_override(rng: tuple[float, float], ts: TensorScheme) -> dict[str, Any]:
+    params = scheme.compute_qparams(
+        rng[0], rng[1], dtype=ts.dtype, scheme=ts.scheme, convention=CONVENTION
+    )
+    return {
+        "scale": np.array(params.scale, dtype=np.float32),
+        "zero_point": np.array(params.zero_point, dtype=NP_TYPES[ts.dtype]),
+        "quant_type": QUANT_TYPES[ts.dtype],
+    }
+
+
+def weight_override(
+    values: np.ndarray, ts: TensorScheme, axis: int, reduce_range: bool
+) -> list[dict[str, Any]]:
+    params = scheme.weight_qparams(
+        values,
+        dtype=ts.dtype,
+        scheme=ts.scheme,
+        granularity=ts.granularity,
+        axis=axis,
+        convention=CONVENTION,
+        reduce_range=reduce_range,
+    )
+    qtype = QUANT_TYPES[ts.dtype]
+    if ts.granularity == "per_tensor":
+        return [
+            {
+                "scale": np.array(params.scale, dtype=np.float32),
+                "zero_point": np.array(params.zero_point, dtype=NP_TYPES[ts.dtype]),
+                "quant_type": qtype,
+            }
+        ]
+    rows = []
+    for i, (s, z) in enumerate(zip(params.scale, params.zero_point, strict=True)):
+        row: dict[str, Any] = {
+            "scale": np.array(s, dtype=np.float32),
+            "zero_point": np.array(z, dtype=NP_TYPES[ts.dtype]),
+        }
+        if i == 0:
+            row.update(axis=axis, quant_type=qtype)
+        rows.append(row)
+    return rows
+
+
+def weight_overrides(
+    model: onnx.ModelProto,
+    ops: Mapping[str, OpQuant],
+    names: list[str],
+    reduce_range: bool,
+    uniform_granularity: str | None = None,
+) -> tuple[dict[str, list[dict[str, Any]]], bool]:
+    """Overrides for the weights of ``names``; and whether any of them is per channel."""
+    consts = graph.constants(model)
+    by_name = {n.name: n for n in model.graph.node}
+    out: dict[str, list[dict[str, Any]]] = {}
+    per_channel = False
+    if graph.opset(model) < 13:  # DequantizeLinear has no axis before opset 13
+        uniform_granularity = "per_tensor"
+    for name in names:
+        node, op = by_name.get(name), ops[name]
+        if node is None or op.weight is None:
+            continue
+        weight = graph.weight_input(node, consts)
+        init = graph.initializer(model, weight) if weight else None
+        if init is None or weight in out:
+            continue
+        values = onnx.numpy_helper.to_array(init).astype(np.float64)
+        ts = op.weight
+        if uniform_granularity and ts.granularity != uniform_granularity:
+            ts = TensorScheme(ts.dtype, ts.scheme, uniform_granularity, ts.algorithm)
+        if values.ndim < 2 and ts.granularity == "per_channel":
+            ts = TensorScheme(ts.dtype, ts.scheme, "per_tensor", ts.algorithm)
+        out[weight] = weight_override(values, ts, weight_axis(node, values.ndim), reduce_range)
+        per_channel = per_channel or ts.granularity == "per_channel"
+    return out, per_channel
+
+
+def static_spec(
+    model: onnx.ModelProto, plan: QuantPlan, ranges: TensorRanges, nodes: Nodes, qoperator: bool
+) -> QuantizerSpec:
+    ops = plan.ops
+    static_ops = {n: ops[n] for n in nodes.static}
+    schemes = activation_schemes(model, static_ops)
+    keep_float = set() if qoperator else float_outputs(model, static_ops)
+    schemes = {t: s for t, s in schemes.items() if t not in keep_float}
+    plain = adjusted_ranges(model, ranges)
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    used_ranges: dict[str, tuple[float, float]] = {}
+    for tensor, ts in schemes.items():
+        if tensor in plain:
+            overrides[tensor] = [activation_override(plain[tensor], ts)]
+            used_ranges[tensor] = plain[tensor]
+    granularity = None
+    if qoperator:  # QLinear* ops take one weight granularity for the whole graph
+        granularity = (
+            Counter(
+                ops[n].weight.granularity
+                for n in nodes.static
+                if ops[n].weight  # type: ignore[union-attr]
+            ).most_common(1)[0][0]
+            if any(ops[n].weight for n in nodes.static)
+            else None
+        )
+    weights, per_channel = weight_overrides(
+        model, ops, nodes.static, bool(plan.reduce_range), granularity
+    )
+    overrides.update(weights)
+    dtypes = Counter(op.activation.dtype for op in static_ops.values() if op.activation)
+    static_set = set(nodes.static)
+    listed_types = set(graph.STATIC_OPS)
+    # Every listed-type node that is not static stays float, including unlisted bias Adds.
+    exclude = [
+        n.name for n in model.graph.node if n.op_type in listed_types and n.name not in static_set
+    ]
+    exclude += [n for n in nodes.excluded if n not in exclude]
+    symmetric = any(op.activation and op.activation.scheme == "sym" for op in static_ops.values())
+    types = sorted({plan.op_types[n] for n in nodes.static} | set(graph.FOLLOW_OPS))
+    return QuantizerSpec(
+        nodes_to_quantize=[],
+        nodes_to_exclude=exclude,
+        op_types_to_quantize=types,
+        activation_type=dtypes.most_common(1)[0][0] if dtypes else "uint8",
+        weight_type="int8",
+        per_channel=per_channel,
+        reduce_range=bool(plan.reduce_range),
+        ranges=used_ranges,
+        overrides=overrides,
+        extra_options={"ActivationSymmetric": symmetric},
+        float_tensors=keep_float,
+    )
+
+
+def dynamic_spec(model: onnx.ModelProto, plan: QuantPlan, nodes: Nodes) -> QuantizerSpec:
+    weights, per_channel = weight_overrides(model, plan.ops, nodes.dynamic, bool(plan.reduce_range))
+    return QuantizerSpec(
+        nodes_to_quantize=list(nodes.dynamic),
+        nodes_to_exclude=[],
+        op_types_to_quantize=["MatMul"],  # Gemm was rewritten to MatMul + Add
+        activation_type="uint8",
+        weight_type="int8",
+        per_channel=per_channel,
+        reduce_range=bool(plan.reduce_range),
+        overrides=weights,
+        extra_options={"MatMulConstBOnly": True},
+    )

@@ -1,0 +1,3 @@
+import pytest
+
+pytest.importorskip("onnxruntime", reason="the ONNX Runtime tests need onnxruntime (tox -e ort)")
