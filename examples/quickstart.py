@@ -91,9 +91,11 @@ def main() -> int:
     print(f"{'fp32':<6} {fp32_acc:>7.4f} {fp32_ms:>11.3f}")
     print(f"{'int8':<6} {int8_acc:>7.4f} {int8_ms:>11.3f}   speedup x{fp32_ms / int8_ms:.2f}")
     print()
-    print(f"{'op':<12} {'type':<8} {'approach':<9} {'activation':<10} weight")
-    for row in q_model.op_report():
-        print(f"{row['op']:<12} {row['type']:<8} {row['approach']:<9} {row['activation']:<10} {row['weight']}")
+    rows = q_model.op_report()
+    width = max(len(row["op"]) for row in rows) + 2
+    print(f"{'op':<{width}} {'type':<8} {'approach':<9} {'activation':<10} weight")
+    for row in rows:
+        print(f"{row['op']:<{width}} {row['type']:<8} {row['approach']:<9} {row['activation']:<10} {row['weight']}")
     return 0 if int8_acc >= fp32_acc * 0.99 else 1
 
 
