@@ -44,7 +44,12 @@ def collect() -> Path:
     for name in ORDER:
         path = RESULTS / f"{name}.md"
         if path.is_file():
-            sections += [f"## {TITLES[name]}", "", path.read_text().strip(), ""]
+            text = path.read_text().strip()
+            if text.startswith("# "):  # a result file's own headings sit one level down here
+                text = "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+            else:
+                text = f"## {TITLES[name]}\n\n{text}"
+            sections += [text, ""]
     out = HERE.parent / "BENCHMARKS.md"
     out.write_text("\n".join(sections))
     return out
