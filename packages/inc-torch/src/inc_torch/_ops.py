@@ -1,0 +1,64 @@
+"""Which ``torch.nn`` modules inc quantizes, under which approach: the one table of op types."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from inc_core.space import OpInfo
+
+#: module types quantized with calibrated activations (FX or eager static path)
+STATIC_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+#: module types ``torch.ao.quantization.quantize_dynamic`` swaps (weights int8, activations at run time)
+DYNAMIC_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.LSTM,
+    nn.GRU,
+    nn.LSTMCell,
+    nn.GRUCell,
+    nn.RNNCell,
+)
+#: module types whose weight torch can hold per channel in dynamic quantization
+DYNAMIC_PER_CHANNEL: tuple[str, ...] = ("Linear",)
+
+QUANTIZABLE: tuple[type[nn.Module], ...] = tuple(dict.fromkeys(STATIC_TYPES + DYNAMIC_TYPES))
+
+#: the spec's generic op type names (and ONNX/TF spellings) -> torch module type names
+OP_TYPE_ALIASES: Mapping[str, tuple[str, ...]] = {
+    "Conv": ("Conv1d", "Conv2d", "Conv3d"),
+    "Conv1D": ("Conv1d",),
+    "Conv2D": ("Conv2d",),
+    "Conv3D": ("Conv3d",),
+    "MatMul": ("Linear",),
+    "Gemm": ("Linear",),
+    "Dense": ("Linear",),
+    "RNN": ("LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell"),
+}
+
+
+def type_name(module: nn.Module) -> str:
+    return type(module).__name__
+
+
+def quantizable_ops(model: nn.Module) -> list[OpInfo]:
+    """Every quantizable submodule by qualified name (as ``model.named_modules()`` spells it).
+
+    Submodules already quantized (or being trained with fake quantization) are not listed.
+    """
+    ops = []
+    for name, module in model.named_modules():
+        if name and type(module) in QUANTIZABLE:
+            ops.append(OpInfo(name, type_name(module)))
+    return ops
+
+
+def submodule(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(name)
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at ``name`` (a dotted path) with ``new`` in place."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

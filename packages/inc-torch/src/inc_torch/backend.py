@@ -1,0 +1,207 @@
+"""``TorchBackend``: the inc plugin for ``torch.nn.Module`` models."""
+
+from __future__ import annotations
+
+import copy
+import io as _io
+import time
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from inc_core.backend import Backend
+from inc_core.errors import BackendNotAvailable, DataError, DeviceNotAvailable, ModelError
+from inc_core.space import Capability, OpInfo, QuantPlan, TensorRanges
+
+from . import _ops, build, capability, io, qat, smooth_quant, static
+from ._data import call, example_args, to_numpy
+from .qconfig import ENGINES, Settings, quantized_engine
+
+
+class TorchBackend(Backend):
+    name = "pytorch"
+    package = "inc-torch"
+    framework = "pytorch"
+    convention = "pytorch"
+    config_backends = ("default", "ipex")
+    op_type_aliases: ClassVar = _ops.OP_TYPE_ALIASES
+    priority = 10
+
+    def __init__(self) -> None:
+        self._config_backend = "default"
+        self._example_inputs: tuple[Any, ...] | None = None
+
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        # judged by the class hierarchy's modules, so a user's nn.Module subclass (defined in
+        # __main__) is recognised without importing torch for other frameworks' models
+        if not any(c.__module__.startswith("torch") for c in type(model).__mro__):
+            return False
+        return isinstance(model, nn.Module)
+
+    # -- configuration -------------------------------------------------------------------------
+    def check_config(self, conf: Any) -> None:
+        self._config_backend = conf.backend
+        if conf.device == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+            raise DeviceNotAvailable(
+                "device='xpu' was requested but no Intel GPU (XPU) is available to torch "
+                f"{torch.__version__} here; use device='cpu' (allowed for backend={conf.backend!r}: 'cpu', 'xpu')"
+            )
+        qengine = ENGINES[conf.backend][0]
+        if qengine not in torch.backends.quantized.supported_engines:
+            raise BackendNotAvailable(
+                f"backend={conf.backend!r} needs torch's {qengine!r} quantized engine, which this "
+                f"torch build lacks; available: {', '.join(torch.backends.quantized.supported_engines)}"
+            )
+
+    def load_model(self, model: Any, conf: Any) -> nn.Module:
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        self._config_backend = getattr(conf, "backend", "default")
+        # work on a copy: fit puts the model in eval mode, QAT trains it; the user's is untouched
+        native = copy.deepcopy(model).eval()
+        example = getattr(conf, "example_inputs", None)
+        if example is not None:
+            self._example_inputs = example_args(example)
+            try:
+                with torch.no_grad():
+                    call(native, example)
+            except Exception as exc:
+                raise DataError(
+                    f"example_inputs do not run through {type(model).__name__}: {_first_line(exc)}; "
+                    "give one batch shaped like the model's forward() arguments"
+                ) from exc
+        return native
+
+    def ops(self, model: nn.Module) -> list[OpInfo]:
+        return _ops.quantizable_ops(model)
+
+    def capability(self, approach: str, device: str) -> Capability:
+        return capability.for_approach(approach, self._config_backend)
+
+    # -- post-training -------------------------------------------------------------------------
+    def calibrate(
+        self, model: nn.Module, dataloader: Iterable[Any], plan: QuantPlan
+    ) -> TensorRanges:
+        batches = list(dataloader)
+        if not batches:
+            raise DataError("calib_dataloader yielded no samples; give it at least one batch")
+        self._example_inputs = self._example_inputs or example_args(batches[0])
+        _check_runs(model, batches[0], "calib_dataloader")
+        settings = Settings.of(plan)
+        work = copy.deepcopy(model).eval()
+        scales: dict[str, np.ndarray] = {}
+        mode = None
+        if smooth_quant.enabled(plan):
+            scales = smooth_quant.compute(work, plan, batches)
+            smooth_quant.scale_weights(work, scales)
+            mode = "eager"
+        with quantized_engine(settings.qengine):
+            prepared = static.prepare(work, plan, settings, self._example_inputs, mode=mode)
+            if scales:
+                smooth_quant.install(prepared.model, scales)
+            ranges = static.calibrate(prepared, batches)
+        return {**ranges, **smooth_quant.to_ranges(scales)}
+
+    def calibrate_with_func(
+        self, model: nn.Module, calib_func: Any, plan: QuantPlan
+    ) -> TensorRanges:
+        settings = Settings.of(plan)
+        with quantized_engine(settings.qengine):
+            prepared = static.prepare(
+                copy.deepcopy(model).eval(), plan, settings, self._example_inputs or ()
+            )
+            with torch.no_grad():
+                calib_func(prepared.model)
+        return {k: o.range() for k, o in prepared.observers.items() if o.observed}
+
+    def quantize(self, model: nn.Module, plan: QuantPlan, ranges: TensorRanges) -> nn.Module:
+        scales, ranges = smooth_quant.from_ranges(ranges)
+        return build.quantize(
+            model, plan, ranges, example_inputs=self._example_inputs, smooth=scales or None
+        )
+
+    # -- running -------------------------------------------------------------------------------
+    def predict(self, model: nn.Module, inputs: Any) -> np.ndarray:
+        with torch.no_grad(), quantized_engine(_qengine_of(model)):
+            return to_numpy(call(model, inputs))
+
+    def latency(self, model: nn.Module, inputs: Sequence[Any]) -> float:
+        times = []
+        with torch.no_grad(), quantized_engine(_qengine_of(model)):
+            call(model, inputs[0])  # warm-up: weight packing, allocator
+            for batch in inputs:
+                start = time.perf_counter()
+                call(model, batch)
+                times.append(time.perf_counter() - start)
+        return float(np.median(times))
+
+    def model_size(self, model: nn.Module) -> int:
+        buffer = _io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        return buffer.tell()
+
+    # -- files ---------------------------------------------------------------------------------
+    def save(self, model: nn.Module, directory: Path) -> list[str]:
+        return io.save(model, directory)
+
+    def load(self, directory: Path, **kwargs: Any) -> nn.Module:
+        return io.load(directory, **kwargs)
+
+    # -- quantization-aware training -----------------------------------------------------------
+    def prepare_qat(self, model: nn.Module, plan: QuantPlan) -> nn.Module:
+        return qat.prepare(model, plan, self._example_inputs)
+
+    def convert_qat(self, model: nn.Module, plan: QuantPlan) -> nn.Module:
+        return qat.convert(model, plan)
+
+    def versions(self) -> dict[str, str]:
+        found = {"torch": torch.__version__}
+        for dist in ("inc-torch", "lightning", "transformers", "intel-extension-for-pytorch"):
+            try:
+                found[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+        return found
+
+
+def _qengine_of(model: nn.Module) -> str:
+    from .info import info_of
+
+    info = info_of(model)
+    return Settings.of(info.plan).qengine if info else torch.backends.quantized.engine
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _check_runs(model: nn.Module, batch: Any, what: str) -> None:
+    """Run one batch through the fp32 model so a mismatch is reported as the data's fault."""
+    try:
+        with torch.no_grad():
+            call(model, batch)
+    except Exception as exc:
+        shapes = _describe(batch)
+        raise DataError(
+            f"the model cannot run on the first {what} batch ({shapes}): {_first_line(exc)}"
+        ) from exc
+
+
+def _describe(batch: Any) -> str:
+    if isinstance(batch, dict):
+        return "dict of " + ", ".join(f"{k}: {_describe(v)}" for k, v in batch.items())
+    if isinstance(batch, (tuple, list)):
+        return "(" + ", ".join(_describe(v) for v in batch) + ")"
+    shape = getattr(batch, "shape", None)
+    return (
+        f"{type(batch).__name__} shape {tuple(shape)}"
+        if shape is not None
+        else type(batch).__name__
+    )

@@ -1,0 +1,49 @@
+"""What torch's int8 kernels run, per approach and config backend: the one capability table."""
+
+from __future__ import annotations
+
+from inc_core.calibration import OBSERVERS
+from inc_core.space import ALGORITHMS, OpCapability, TensorOptions
+
+from ._ops import DYNAMIC_PER_CHANNEL, DYNAMIC_TYPES, STATIC_TYPES
+
+
+def _algorithms() -> tuple[str, ...]:
+    # the calibration algorithms the installed inc-core implements, minmax first
+    return tuple(a for a in ALGORITHMS if a in OBSERVERS)
+
+
+def static(backend: str) -> dict[str, OpCapability]:
+    """x86/FBGEMM (backend "default"): uint8 activations asym (default) or sym, int8 sym weights.
+
+    oneDNN with the spec's IPEX scheme (backend "ipex"): symmetric activations, zero point 0;
+    Linear takes int8 (default: transformer activations are signed) or uint8, convolutions
+    uint8 only (oneDNN's quantized conv rejects int8 inputs).
+    """
+    weight = TensorOptions(("int8",), ("sym",), ("per_channel", "per_tensor"), ("minmax",))
+    caps = {}
+    for t in STATIC_TYPES:
+        if backend == "ipex":
+            dtypes = ("int8", "uint8") if t.__name__ == "Linear" else ("uint8",)
+            activation = TensorOptions(dtypes, ("sym",), ("per_tensor",), _algorithms())
+        else:
+            activation = TensorOptions(("uint8",), ("asym", "sym"), ("per_tensor",), _algorithms())
+        caps[t.__name__] = OpCapability(activation, weight)
+    return caps
+
+
+def dynamic(backend: str) -> dict[str, OpCapability]:
+    """Activations are quantized by the kernel per batch (uint8 asym); weights int8 sym."""
+    activation = TensorOptions(("uint8",), ("asym",), ("per_tensor",), ("minmax",))
+    caps = {}
+    for t in DYNAMIC_TYPES:
+        granularity = (
+            ("per_channel", "per_tensor") if t.__name__ in DYNAMIC_PER_CHANNEL else ("per_tensor",)
+        )
+        weight = TensorOptions(("int8",), ("sym",), granularity, ("minmax",))
+        caps[t.__name__] = OpCapability(activation, weight)
+    return caps
+
+
+def for_approach(approach: str, backend: str) -> dict[str, OpCapability]:
+    return static(backend) if approach == "static" else dynamic(backend)

@@ -1,0 +1,76 @@
+"""Quantization-aware training: insert fake quantization, train, convert to int8."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+from torch.ao.quantization import convert as eager_convert
+from torch.ao.quantization.quantize_fx import convert_fx
+
+from inc_core.errors import IncError
+from inc_core.space import QuantPlan
+
+from . import static
+from .info import QuantInfo, attach, info_of
+from .qconfig import Settings, quantized_engine
+
+
+def prepare(
+    model: nn.Module,
+    plan: QuantPlan,
+    example_inputs: tuple[Any, ...] | None = None,
+    *,
+    inplace: bool = False,
+    mode: str | None = None,
+) -> nn.Module:
+    """``model`` (a copy unless ``inplace``) with fake quantization on the plan's static ops.
+
+    In place, modules are swapped inside ``model`` keeping the same Parameter objects (eager
+    mode), so an optimizer created before still updates the trained weights.
+    """
+    settings = Settings.of(plan)
+    work = model if inplace else copy.deepcopy(model)
+    prepared = static.prepare(
+        work, plan, settings, example_inputs or (), qat=True, mode="eager" if inplace else mode
+    )
+    info = QuantInfo(plan=plan, mode=prepared.mode, qat=True, fx_error=prepared.fx_error)
+    info.example_inputs = example_inputs
+    if not inplace:  # a trainer's module (Lightning, HF) is not traced to TorchScript
+        _remember_first_inputs(prepared.model, info)
+    return attach(prepared.model.train(), info)
+
+
+def _remember_first_inputs(model: nn.Module, info: QuantInfo) -> None:
+    """Keep the first positional batch seen in training: it traces the TorchScript copy."""
+
+    def hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
+        if info.example_inputs is None and args:
+            info.example_inputs = tuple(a.detach()[:1] if hasattr(a, "detach") else a for a in args)
+
+    model.register_forward_pre_hook(hook)
+
+
+def convert(model: nn.Module, plan: QuantPlan | None = None, *, inplace: bool = False) -> nn.Module:
+    """The int8 model from a fake-quantized one (a converted copy unless ``inplace``)."""
+    info = info_of(model)
+    if info is None or not info.qat:
+        raise IncError(
+            "convert_qat needs the model returned by prepare_qat (fake quantization inserted); "
+            "call callbacks.on_train_begin() / prepare_qat first"
+        )
+    plan = plan or info.plan
+    work = model if inplace else copy.deepcopy(model)
+    work.eval()
+    with static.quiet(), quantized_engine(Settings.of(plan).qengine):
+        converted = convert_fx(work) if info.mode == "fx" else eager_convert(work, inplace=True)  # type: ignore[arg-type]
+    result = QuantInfo(plan=plan, mode=info.mode, qat=True, fx_error=info.fx_error)
+    result.example_inputs = info.example_inputs
+    return attach(converted, result)
+
+
+def rebuild(model: nn.Module, info: QuantInfo) -> nn.Module:
+    """The int8 structure of a QAT model on a fresh fp32 ``model`` (weights loaded after)."""
+    prepared = prepare(model, info.plan, mode=info.mode if info.mode in static.MODES else None)
+    return convert(prepared, info.plan, inplace=True)

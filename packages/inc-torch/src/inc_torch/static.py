@@ -1,0 +1,205 @@
+"""Static (calibrated) quantization of nn.Modules: FX graph mode, with an eager fallback.
+
+FX traces the model, fuses Conv+ReLU and keeps activations int8 between consecutive quantized
+modules. Models FX cannot trace (data-dependent control flow, untraceable calls) go through
+the eager path instead: each quantized module is wrapped as quant -> module -> dequant, which
+works for any module structure at the cost of a (de)quantize around every op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.ao.quantization import FakeQuantizeBase, QuantWrapper
+from torch.ao.quantization import convert as eager_convert
+from torch.ao.quantization import prepare as eager_prepare
+from torch.ao.quantization import prepare_qat as eager_prepare_qat
+from torch.ao.quantization.backend_config.onednn import get_onednn_backend_config
+from torch.ao.quantization.backend_config.x86 import get_x86_backend_config
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
+
+from inc_core.errors import ModelError
+from inc_core.space import QuantPlan, TensorRanges
+
+from . import _ops
+from ._data import call
+from .observers import IncActivationObserver
+from .qconfig import Settings, qat_qconfig, static_mapping, static_qconfig
+
+log = logging.getLogger(__name__)
+
+MODES = ("fx", "eager")
+
+
+@dataclass
+class Prepared:
+    """A model with observers (or fake quantization) inserted, ready to calibrate or train."""
+
+    model: nn.Module
+    mode: str
+    #: the tensors observed, by a name stable across plans that quantize the same ops
+    observers: dict[str, IncActivationObserver]
+    #: why FX was not used, when mode is "eager"
+    fx_error: str = ""
+
+
+def _backend_config(settings: Settings) -> Any:
+    return get_onednn_backend_config() if settings.qengine == "onednn" else get_x86_backend_config()
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """torch.ao.quantization's FX/eager APIs warn that they are deprecated on every call; the
+    README explains the engine choice, a user needs no warning per tuning candidate."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
+        yield
+
+
+def prepare(
+    model: nn.Module,
+    plan: QuantPlan,
+    settings: Settings,
+    example_inputs: tuple[Any, ...],
+    *,
+    qat: bool = False,
+    mode: str | None = None,
+) -> Prepared:
+    """Insert observers for ``plan``'s static ops into ``model`` (which this call may modify).
+
+    ``mode`` None tries FX, then eager; "fx" or "eager" forces one (used when reloading).
+    """
+    fx_error = ""
+    if mode in (None, "fx"):
+        try:
+            # a failed FX attempt must leave ``model`` intact for the eager path
+            candidate = copy.deepcopy(model) if mode is None else model
+            return _prepare_fx(candidate, plan, settings, example_inputs, qat)
+        except ModelError:
+            raise
+        except Exception as exc:
+            if mode == "fx":
+                raise ModelError(f"FX graph mode could not prepare the model: {exc}") from exc
+            fx_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            log.info("FX cannot trace %s (%s); using eager mode", type(model).__name__, fx_error)
+    try:
+        prepared = _prepare_eager(model, plan, settings, qat)
+    except Exception as exc:
+        raise ModelError(
+            f"neither FX graph mode ({fx_error or 'not tried'}) nor eager mode "
+            f"({type(exc).__name__}: {exc}) could prepare {type(model).__name__} for quantization"
+        ) from exc
+    prepared.fx_error = fx_error
+    return prepared
+
+
+def _prepare_fx(
+    model: nn.Module,
+    plan: QuantPlan,
+    settings: Settings,
+    example_inputs: tuple[Any, ...],
+    qat: bool,
+) -> Prepared:
+    mapping = static_mapping(plan, settings, qat=qat)
+    with quiet():
+        if qat:
+            gm = prepare_qat_fx(
+                model.train(), mapping, example_inputs, backend_config=_backend_config(settings)
+            )
+        else:
+            gm = prepare_fx(
+                model.eval(), mapping, example_inputs, backend_config=_backend_config(settings)
+            )
+    _check_observed(gm, plan)
+    observers = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if isinstance(module, IncActivationObserver):
+                observers[node.args[0].name] = module
+    return Prepared(gm, "fx", observers)
+
+
+class _NotQuantizedByFx(Exception):
+    pass
+
+
+def _check_observed(gm: nn.Module, plan: QuantPlan) -> None:
+    """FX silently leaves an op float when its backend config rejects the qconfig (e.g. int8
+    activations on oneDNN); raising here sends the model down the eager path instead."""
+    observed_inputs = set()
+    for node in gm.graph.nodes:  # type: ignore[union-attr]
+        if node.op != "call_module":
+            continue
+        for arg in node.args:
+            target = getattr(arg, "target", None)
+            if getattr(arg, "op", None) == "call_module" and isinstance(
+                gm.get_submodule(target), (IncActivationObserver, FakeQuantizeBase)
+            ):
+                observed_inputs.add(node.target)
+    missing = [
+        n for n, op in plan.ops.items() if op.approach == "static" and n not in observed_inputs
+    ]
+    if missing:
+        raise _NotQuantizedByFx(
+            f"torch's FX backend config does not quantize {', '.join(missing)} as planned"
+        )
+
+
+def _prepare_eager(model: nn.Module, plan: QuantPlan, settings: Settings, qat: bool) -> Prepared:
+    build = qat_qconfig if qat else static_qconfig
+    for name, op in plan.ops.items():
+        if op.approach != "static":
+            continue
+        wrapper = QuantWrapper(_ops.submodule(model, name))
+        wrapper.qconfig = build(op, settings)  # type: ignore[assignment]
+        _ops.set_submodule(model, name, wrapper)
+    with quiet():
+        if qat:
+            eager_prepare_qat(model.train(), inplace=True)
+        else:
+            eager_prepare(model.eval(), inplace=True)
+    observers = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, IncActivationObserver)
+    }
+    return Prepared(model, "eager", observers)
+
+
+@torch.no_grad()
+def calibrate(prepared: Prepared, batches: Iterable[Any]) -> TensorRanges:
+    """Run ``batches`` through the prepared model; the ranges each observer saw."""
+    prepared.model.eval()
+    for batch in batches:
+        call(prepared.model, batch)
+    return {key: obs.range() for key, obs in prepared.observers.items() if obs.observed}
+
+
+def seed(prepared: Prepared, ranges: TensorRanges) -> None:
+    """Give every observer its calibrated range; an op the data never reached is an error."""
+    for key, observer in prepared.observers.items():
+        if key not in ranges:
+            raise ModelError(
+                f"no calibrated range for tensor {key!r}: the calibration data never reached it "
+                "(check that calib_dataloader exercises every quantized module)"
+            )
+        observer.seed(ranges[key])
+
+
+def convert(prepared: Prepared) -> nn.Module:
+    """The int8 model (observers replaced by quantize/dequantize, modules by quantized ones)."""
+    with quiet():
+        if prepared.mode == "fx":
+            return convert_fx(prepared.model.eval())  # type: ignore[arg-type]
+        return eager_convert(prepared.model.eval(), inplace=True)

@@ -1,0 +1,3 @@
+import pytest
+
+pytest.importorskip("torch", reason="the PyTorch tests need torch (requirements/torch.txt)")

