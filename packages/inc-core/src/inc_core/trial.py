@@ -28,6 +28,12 @@ LATENCY_REPEATS = 3
 PROBE_BATCHES = 4
 
 
+def warm_latencies(backend: Backend, model: Any, inputs: Sequence[Any]) -> list[float]:
+    """``LATENCY_REPEATS`` measurements after one warm-up run (session creation, kernel
+    selection and caches are not the model's speed)."""
+    return latencies(backend, model, inputs, LATENCY_REPEATS + 1)[1:]
+
+
 @dataclass
 class Evaluator:
     """The user's evaluation: ``eval_func(model)`` or the backend running ``dataloader``+``metric``."""
@@ -136,7 +142,7 @@ class TrialJob:
         result = TrialResult(accuracy=accuracy)
         try:
             if self.latency_inputs is not None:
-                runs = latencies(backend, native, self.latency_inputs)
+                runs = warm_latencies(backend, native, self.latency_inputs)
                 result.latency = min(runs) if runs else None
             if self.measure_size:
                 result.size = measure(backend.model_size, native)

@@ -28,14 +28,13 @@ from .strategy import STRATEGIES, Batch, Outcome, TuningSpace
 from .strategy.history import Baseline, History, Trial, fingerprint, history_path
 from .strategy.space import tunable_recipes
 from .trial import (
-    LATENCY_REPEATS,
     Evaluator,
     OutputProbe,
     TrialJob,
     TrialResult,
     describe,
-    latencies,
     measure,
+    warm_latencies,
 )
 
 log = logging.getLogger(__name__)
@@ -183,8 +182,7 @@ class Tuner:
             )
         latency, noise = None, 0.0
         if self.latency_inputs is not None:
-            # one extra first run: warm-up (session creation, caches) is not timing noise
-            runs = latencies(backend, model, self.latency_inputs, LATENCY_REPEATS + 1)[1:]
+            runs = warm_latencies(backend, model, self.latency_inputs)
             if runs:
                 latency = min(runs)
                 noise = (max(runs) - latency) / latency if latency > 0 else 0.0
