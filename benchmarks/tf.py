@@ -227,8 +227,8 @@ def main() -> None:
     lines = [
         f"TensorFlow {tf.__version__} (tensorflow-cpu), Keras {keras.__version__}; the int8 rows run"
         " in the TFLite interpreter (XNNPACK), the fp32 Keras row in TensorFlow (oneDNN); latency is"
-        f" per batch. {platform.machine()}, {os.cpu_count()} cores shared with other jobs: the"
-        " numbers are noisy, compare ratios within a table.",
+        f" per batch. {platform.machine()}, {os.cpu_count()} cores; other processes"
+        " move absolute times: compare ratios within a table.",
         "",
     ]
     x, y = mnist()

@@ -244,7 +244,7 @@ def main() -> None:
     lines = [
         f"Digits (scikit-learn): {len(digits.x_test)} test images, batch {args.batch}, median of {args.runs} runs "
         f"per model in 5 rounds interleaving the models; torch {torch.__version__}; {platform.machine()}, "
-        f"{torch.get_num_threads()} thread(s). The CPU was shared with other jobs: compare ratios within a table.",
+        f"{torch.get_num_threads()} thread(s). Other processes move absolute times: compare ratios within a table.",
         "",
         *cnn_section(
             "Digits CNN of the tests (2 conv + 2 linear, 8x8 input)",

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from inc_core import PostTrainingQuantConfig, load, quantization, scheme
 from inc_core.calibration import OBSERVERS
@@ -290,3 +290,41 @@ def test_backend_pickles_for_process_pools_after_running_sessions(cnn, calib, di
     before = backend.predict(q.model, digits.x_test[:8])
     clone = pickle.loads(pickle.dumps(backend))
     np.testing.assert_array_equal(clone.predict(q.model, digits.x_test[:8]), before)
+
+
+def _matmul_add_mlp() -> onnx.ModelProto:
+    """MatMul + Add pairs, which onnxruntime fuses into Gemm nodes named "<matmul>/MatMulAddFusion"."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (64, 32)).astype(np.float32), "w0"),
+        numpy_helper.from_array(np.zeros(32, np.float32), "b0"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (32, 10)).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "b1"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["m0"], name="fc0"),
+        helper.make_node("Add", ["m0", "b0"], ["a0"], name="fc0_bias"),
+        helper.make_node("Relu", ["a0"], ["r0"], name="relu0"),
+        helper.make_node("MatMul", ["r0", "w1"], ["m1"], name="fc1"),
+        helper.make_node("Add", ["m1", "b1"], ["y"], name="fc1_bias"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fused_nodes_keep_the_users_node_names(digits):
+    model = _matmul_add_mlp()
+    loader = [(digits.x_train[:32].reshape(32, -1), None)]
+    conf = PostTrainingQuantConfig(
+        approach="static",
+        op_name_dict={"fc0": {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": ["fp32"]}}},
+    )
+    q = quantization.fit(model, conf, calib_dataloader=loader)
+    assert set(q.plan.ops) == {"fc0", "fc1"}
+    assert q.plan.float_ops() == ["fc0"] and q.plan.quantized_ops() == ["fc1"]

@@ -261,6 +261,7 @@ def prepare(proto: onnx.ModelProto, recipe: dict[str, Any]) -> onnx.ModelProto:
     graph.ensure_names(proto)
     level = recipe.get("graph_optimization_level", "ENABLE_BASIC")
     optimized = graph.optimize(proto, level)
+    graph.restore_names(optimized, proto)
     graph.ensure_names(optimized)
     if recipe.get("gemm_to_matmul"):
         optimized = graph.gemm_to_matmul(optimized)

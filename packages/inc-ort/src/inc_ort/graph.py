@@ -120,6 +120,25 @@ def ensure_names(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
+def restore_names(optimized: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Give fused nodes back the user's node name they grew from.
+
+    onnxruntime names a fusion after its first node ("fc0" + "fc0_bias" -> "fc0/MatMulAddFusion");
+    users write op_name_dict keys with the names they see in their own model, so the fused node
+    takes "fc0" again when no other node of the optimized graph holds that name.
+    """
+    known = {node.name for node in original.graph.node}
+    taken = {node.name for node in optimized.graph.node}
+    for node in optimized.graph.node:
+        if node.name in known or "/" not in node.name:
+            continue
+        origin = node.name.split("/", 1)[0]
+        if origin in known and origin not in taken:
+            taken.discard(node.name)
+            node.name = origin
+            taken.add(origin)
+
+
 def optimize(model: onnx.ModelProto, level: str) -> onnx.ModelProto:
     """The graph as onnxruntime optimizes it offline at ``level`` (constant folding, fusions).
 
