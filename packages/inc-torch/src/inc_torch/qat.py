@@ -12,7 +12,7 @@ from torch.ao.quantization.quantize_fx import convert_fx
 from inc_core.errors import IncError
 from inc_core.space import QuantPlan
 
-from . import static
+from . import frozen, static
 from .info import QuantInfo, attach, info_of
 from .qconfig import Settings, quantized_engine
 
@@ -67,7 +67,7 @@ def convert(model: nn.Module, plan: QuantPlan | None = None, *, inplace: bool = 
         converted = convert_fx(work) if info.mode == "fx" else eager_convert(work, inplace=True)  # type: ignore[arg-type]
     result = QuantInfo(plan=plan, mode=info.mode, qat=True, fx_error=info.fx_error)
     result.example_inputs = info.example_inputs
-    return attach(converted, result)
+    return attach(frozen.enable(converted), result)
 
 
 def rebuild(model: nn.Module, info: QuantInfo) -> nn.Module:
