@@ -1,8 +1,9 @@
 """PyTorch: fp32 eager vs inc int8 vs torch's own quantization paths, one process.
 
 The digits CNN of the tests (trained in seconds, cached) is timed on the same batches as
-fp32 eager, inc int8 (FX, x86 engine), torch.ao FX with torch's default x86 qconfig (the peer),
-and, when ``torchao`` is installed, PT2E (``X86InductorQuantizer`` + ``torch.compile``).
+fp32 eager, inc int8 (FX, x86 engine; ``q.model`` as returned, which runs a frozen TorchScript
+trace of itself), torch.ao FX with torch's default x86 qconfig (the peer), and, when
+``torchao`` is installed, PT2E (``X86InductorQuantizer`` + ``torch.compile``).
 Writes ``benchmarks/results/torch.md``.
 
 Usage: ``python benchmarks/torch.py [--batch 64] [--runs 100]``
@@ -138,7 +139,13 @@ def cnn_section(
     q = quantization.fit(
         fp32, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib_np
     )
-    rows.append(("inc int8 (FX, x86 engine)", q.model, time.perf_counter() - start))
+    rows.append(
+        (
+            "inc int8 (FX, x86 engine; q.model runs a frozen trace)",
+            q.model,
+            time.perf_counter() - start,
+        )
+    )
     start = time.perf_counter()
     rows.append(
         (

