@@ -8,6 +8,7 @@ import pytest
 from inc_core import backend as registry
 
 from .reference_backend import NumpyMLP, ReferenceBackend, train_mlp
+from .tuning_backend import ToyBackend
 
 
 @pytest.fixture(autouse=True)
@@ -37,3 +38,11 @@ def mlp(blobs: tuple[np.ndarray, np.ndarray]) -> NumpyMLP:
 def calib_loader(blobs: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     x, y = blobs
     return [(x[i : i + 50], y[i : i + 50]) for i in range(0, 200, 50)]
+
+
+@pytest.fixture
+def toy_backend() -> Iterator[None]:
+    """The tuning tests' backend (several op types, scripted latency), registered for one test."""
+    registry.register(ToyBackend)
+    yield
+    registry.unregister(ToyBackend.name)

@@ -5,26 +5,19 @@ from __future__ import annotations
 import io
 import json
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
 from inc_core import AccuracyCriterion, PostTrainingQuantConfig, TuningCriterion, quantization
-from inc_core import backend as registry
 from inc_core.errors import ConfigError, DataError
 from inc_core.progress import Progress
 from inc_core.tuning import TuningError
 
-from .tuning_backend import KillAt, Killed, PlanScore, Scripted, ToyBackend, calib_batches, toy_net
+from .tuning_backend import KillAt, Killed, PlanScore, Scripted, calib_batches, toy_net
 
-
-@pytest.fixture(autouse=True)
-def toy_backend() -> Iterator[None]:
-    registry.register(ToyBackend)
-    yield
-    registry.unregister(ToyBackend.name)
+pytestmark = pytest.mark.usefixtures("toy_backend")
 
 
 def config(strategy: str = "basic", **tuning: Any) -> PostTrainingQuantConfig:

@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 
 from inc_core import PostTrainingQuantConfig, TuningCriterion, quantization
-from inc_core import backend as registry
 from inc_core.errors import ConfigError
 from inc_core.tuning import TuningError
 
-from .tuning_backend import PlanScore, ToyBackend, calib_batches, toy_net
+from .tuning_backend import PlanScore, calib_batches, toy_net
 
 SCORE = PlanScore({"conv1": 0.004, "conv2": 0.03, "mm": 0.002, "add": 0.001}, {"kl": 0.5})
 
@@ -28,11 +27,7 @@ def fails_when_mm_is_float(model: Any) -> float:
     return SCORE(model)
 
 
-@pytest.fixture(autouse=True)
-def toy_backend() -> Iterator[None]:
-    registry.register(ToyBackend)
-    yield
-    registry.unregister(ToyBackend.name)
+pytestmark = pytest.mark.usefixtures("toy_backend")
 
 
 @pytest.fixture(scope="module")

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from inc_core import PostTrainingQuantConfig, TuningCriterion, quantization
-from inc_core import backend as registry
 
-from .tuning_backend import KillAt, Killed, PlanScore, ToyBackend, calib_batches, toy_net
+from .tuning_backend import KillAt, Killed, PlanScore, calib_batches, toy_net
 
 SCORE = PlanScore({"conv1": 0.004, "conv2": 0.03, "mm": 0.002, "add": 0.001}, {"kl": 0.5})
 
 
-@pytest.fixture(autouse=True)
-def toy_backend() -> Iterator[None]:
-    registry.register(ToyBackend)
-    yield
-    registry.unregister(ToyBackend.name)
+pytestmark = pytest.mark.usefixtures("toy_backend")
 
 
 class Counting:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from inc_core import AccuracyCriterion, PostTrainingQuantConfig, TuningCriterion, quantization
-from inc_core import backend as registry
 from inc_core.tuning import TuningError
 
-from .tuning_backend import PlanScore, Scripted, ToyBackend, calib_batches, toy_net
+from .tuning_backend import PlanScore, Scripted, calib_batches, toy_net
 
 FIXED_RECIPES = {
     "first_conv_or_matmul_quantization": True,
@@ -19,11 +17,7 @@ FIXED_RECIPES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def toy_backend() -> Iterator[None]:
-    registry.register(ToyBackend)
-    yield
-    registry.unregister(ToyBackend.name)
+pytestmark = pytest.mark.usefixtures("toy_backend")
 
 
 def config(strategy: str = "basic", **kw: Any) -> PostTrainingQuantConfig:

@@ -69,7 +69,7 @@ def _require(package: str, what: str) -> None:
     from importlib.util import find_spec
 
     if find_spec(package) is None:
-        pytest.skip(f"{what} ({package}) is missing; {_NODEPS}")
+        pytest.fail(f"{what} ({package}) is missing; {_NODEPS}")
 
 
 _NODEPS = "install it with: pip install --no-deps -r requirements/ort-nodeps.txt (tox -e ort does)"
