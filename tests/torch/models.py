@@ -146,7 +146,31 @@ def tiny_bert(digits: Digits) -> nn.Module:
 
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_bert_config())
-    path = cache_dir() / "tiny-bert-digits-v3.pt"
+    return _trained_on_tokens(model, digits, cache_dir() / "tiny-bert-digits-v3.pt")
+
+
+def tiny_llama(digits: Digits) -> nn.Module:
+    """A 2-layer Llama (pre-norm: RMSNorm before attention and MLP) built from a config,
+    trained on digit tokens; cached. Tokens are 0..64; 65 pads, so the last token classifies."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(
+        vocab_size=66,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        num_labels=10,
+        pad_token_id=65,
+    )
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config)
+    return _trained_on_tokens(model, digits, cache_dir() / "tiny-llama-digits-v1.pt")
+
+
+def _trained_on_tokens(model: nn.Module, digits: Digits, path: Path) -> nn.Module:
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()

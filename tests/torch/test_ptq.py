@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -157,6 +159,42 @@ def test_dynamic_quantizes_linear_layers(cnn, digits, cnn_accuracy):
         q.model.fc1.weight().q_per_channel_scales().numpy(), expected.scale, rtol=1e-6
     )
     _within_1pct(models.accuracy(q.model, digits), cnn_accuracy)
+
+
+def test_dynamic_linear_runs_large_products_on_a_onednn_packing_of_the_same_weights(digits):
+    from inc_torch import dynamic
+
+    def fit() -> nn.Module:
+        model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10)).eval()
+        conf = PostTrainingQuantConfig(approach="dynamic", reduce_range=False)
+        return quantization.fit(model, conf).model
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> None:  # the same int8 product, float rounding
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+    torch.manual_seed(0)
+    q = fit()
+    wide = q[0]
+    assert isinstance(wide, dynamic.DynamicLinear) and wide.onednn is not None
+    x = torch.from_numpy(digits.x_test.reshape(-1, 64))
+    small, large = x[:8], x[:256]  # 8 x 512 and 256 x 512 outputs: under and over the threshold
+    assert len(small) * 512 < dynamic.ONEDNN_MIN_OUTPUTS <= len(large) * 512
+    with torch.no_grad():
+        wide(small)
+        assert wide.onednn.packed is None  # small products stay on FBGEMM
+        got = wide(large)
+        assert wide.onednn.packed is not None
+        wide.onednn, saved = None, wide.onednn  # the same module on FBGEMM only
+        want = wide(large)
+        wide.onednn = saved
+        close(got, want)
+        # new weights: the oneDNN packing follows; a copy builds its own
+        other = fit()
+        q.load_state_dict(other.state_dict())
+        close(wide(large), other[0](large))
+        copied = copy.deepcopy(q)[0]
+        assert copied.onednn is not None and copied.onednn.packed is None
+        close(copied(large), other[0](large))
 
 
 def test_auto_is_static_with_calibration_data_and_dynamic_without(cnn, calib):

@@ -67,7 +67,20 @@ def test_hf_trainer_callback_trains_fake_quantized_and_yields_int8(bert, digits,
     loaded = load(tmp_path / "int8", model=models.tiny_bert(digits))
     ids, _ = models.digit_tokens(digits, "test")
     with torch.no_grad():
-        assert torch.equal(loaded.model(input_ids=ids).logits, int8(input_ids=ids).logits)
+        want = int8(input_ids=ids).logits
+        assert torch.equal(loaded.model(input_ids=ids).logits, want)
+
+    # trainer.save_model: transformers' files (the trained weights) plus the int8 model
+    trainer.save_model(str(tmp_path / "saved"))
+    trained = type(model).from_pretrained(tmp_path / "saved")
+    assert not any(isinstance(m, FakeQuantizeBase) for m in trained.modules())
+    wrapped = model.get_submodule("bert.encoder.layer.0.intermediate.dense").module  # QuantWrapper
+    assert torch.equal(
+        trained.get_parameter("bert.encoder.layer.0.intermediate.dense.weight"), wrapped.weight
+    )
+    reloaded = load(tmp_path / "saved" / "int8", model=trained)
+    with torch.no_grad():
+        assert torch.equal(reloaded.model(input_ids=ids).logits, want)
 
 
 def test_static_ptq_on_bert_uses_eager_mode(bert, digits, bert_calib):

@@ -100,7 +100,7 @@ class TorchBackend(Backend):
         if smooth_quant.enabled(plan):
             scales = smooth_quant.compute(work, plan, batches)
             smooth_quant.scale_weights(work, scales)
-            mode = "eager"
+            mode = "eager" if smooth_quant.hooked(scales) else None
         with quantized_engine(settings.qengine):
             prepared = static.prepare(work, plan, settings, self._example_inputs, mode=mode)
             if scales:

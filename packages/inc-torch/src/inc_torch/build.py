@@ -37,7 +37,8 @@ def quantize(
     work = copy.deepcopy(model).eval()
     if smooth:
         smooth_quant.scale_weights(work, smooth)
-        mode = "eager"  # the input scaling is a hook, which FX would not see
+        if smooth_quant.hooked(smooth):
+            mode = "eager"  # the input scaling is a hook, which FX would not see
     info = QuantInfo(plan=plan, mode="none", ranges=dict(ranges), smooth=dict(smooth or {}))
     info.example_inputs = example_inputs
     with quantized_engine(settings.qengine):

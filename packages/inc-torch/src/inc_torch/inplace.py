@@ -52,6 +52,9 @@ class InPlaceQat:
         self.conf = conf
         self.plan: QuantPlan | None = None
         self.quantized: QuantizedModel | None = None
+        #: the fp32 model's state dict before fake quantization went in: the same Parameter
+        #: objects, which training updates, under the fp32 model's names
+        self.fp32_state: dict[str, Any] | None = None
         self._started = 0.0
 
     def prepare(self, model: nn.Module) -> None:
@@ -61,6 +64,7 @@ class InPlaceQat:
             self.plan = existing.plan
             return
         self.plan = plan_for(model, self.conf)
+        self.fp32_state = model.state_dict(keep_vars=True)
         qat.prepare(model, self.plan, inplace=True)
         self._started = time.perf_counter()
 
@@ -80,6 +84,16 @@ class InPlaceQat:
             report={"qat_seconds": time.perf_counter() - self._started},
         )
         return self.quantized
+
+    def trained_fp32_state(self, model: nn.Module) -> dict[str, Any] | None:
+        """The trained weights under the fp32 model's names (loadable without inc), or None
+        when some of the fp32 model's tensors are no longer in ``model``."""
+        if self.fp32_state is None:
+            return None
+        live = {id(t) for t in model.state_dict(keep_vars=True).values()}
+        if any(id(t) not in live for t in self.fp32_state.values()):
+            return None
+        return {name: t.detach() for name, t in self.fp32_state.items()}
 
     def save(self, directory: str | Path) -> Path:
         if self.quantized is None:

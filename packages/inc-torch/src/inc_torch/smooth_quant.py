@@ -7,10 +7,12 @@ For a Linear with input X and weight W, per input channel j::
 so X' W'^T == X W^T while X' has a flatter range. ``alpha="auto"`` picks, per layer, the alpha
 of a small grid whose int8 output is closest (MSE) to the fp32 output on calibration inputs.
 
-Where the division ``X / s`` goes: a transformer's LayerNorm output usually also feeds a
-residual connection, so folding 1/s into the LayerNorm would change that branch too. We apply
-it as a per-channel multiply on the Linear's input just before it is quantized (one cheap
-elementwise op), which is exact whatever the graph. Scales are saved with the model.
+Where the division ``X / s`` goes: into the op that produces ``X`` (a LayerNorm/RMSNorm or a
+Linear) when only smoothed Linears read its output, which then share one ``s``
+(``smooth_fold``: pre-norm transformers' Q/K/V and MLP inputs); otherwise, as in BERT, whose
+LayerNorm output also feeds the residual, a per-channel multiply on the Linear's input just
+before it is quantized (one cheap elementwise op), exact whatever the graph. Scales are saved
+with the model, keyed ``"linear"`` or, when folded, ``"linear@absorber"``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import nn
 from inc_core import scheme
 from inc_core.space import QuantPlan, TensorRange, TensorRanges
 
-from . import _ops
+from . import _ops, smooth_fold
 from ._data import call
 
 KEY_PREFIX = "smooth_quant:"
@@ -74,18 +76,25 @@ def compute(model: nn.Module, plan: QuantPlan, batches: Sequence[Any]) -> dict[s
     finally:
         for handle in handles:
             handle.remove()
+    reached = [name for name in names if name in amax]
+    folds = smooth_fold.find(model, reached, batches[0]) if batches else []
+    folded = {name for fold in folds for name in fold.linears}
+    # a group shares one s: the members' weights side by side act as one Linear
+    groups = [(fold.linears, "@" + fold.absorber) for fold in folds]
+    groups += [((name,), "") for name in reached if name not in folded]
     scales = {}
-    for name in names:
-        if name not in amax:
-            continue
-        weight = _ops.submodule(model, name).weight.detach().float()
-        x = torch.cat(samples[name])[:_SAMPLE_ROWS]
+    for members, suffix in groups:
+        weight = torch.cat([_ops.submodule(model, n).weight.detach().float() for n in members])
+        act_max = torch.stack([amax[n] for n in members]).amax(dim=0)
+        x = torch.cat(samples[members[0]])[:_SAMPLE_ROWS]
         chosen = (
-            _auto_alpha(x, weight, amax[name])
+            _auto_alpha(x, weight, act_max)
             if alpha == "auto"
             else float(alpha[0] if isinstance(alpha, (list, tuple)) else alpha)
         )
-        scales[name] = _scales(amax[name], weight, chosen).numpy().astype(np.float64)
+        s = _scales(act_max, weight, chosen).numpy().astype(np.float64)
+        for name in members:
+            scales[name + suffix] = s
     return scales
 
 
@@ -111,12 +120,30 @@ def _auto_alpha(x: torch.Tensor, weight: torch.Tensor, act_max: torch.Tensor) ->
     return min(errors, key=errors.__getitem__)
 
 
+def split(key: str) -> tuple[str, str]:
+    """``"linear@absorber"`` -> (linear, absorber); ``"linear"`` -> (linear, "")."""
+    linear, _, absorber = key.partition("@")
+    return linear, absorber
+
+
+def hooked(scales: Mapping[str, Any]) -> bool:
+    """Whether some ``X / s`` runs as an input hook (which FX graph mode would not see)."""
+    return any(not split(key)[1] for key in scales)
+
+
 def scale_weights(model: nn.Module, scales: Mapping[str, Sequence[float] | np.ndarray]) -> None:
-    """W' = W * s on ``model``'s Linears (a copy the caller owns)."""
+    """W' = W * s on ``model``'s Linears (a copy the caller owns), and 1/s folded into the
+    absorbers of folded groups."""
+    absorbed = set()
     with torch.no_grad():
-        for name, s in scales.items():
+        for key, s in scales.items():
+            name, absorber = split(key)
             linear = _ops.submodule(model, name)
             linear.weight.mul_(torch.as_tensor(np.asarray(s), dtype=linear.weight.dtype))
+            if absorber and absorber not in absorbed:
+                inverse = torch.as_tensor(1.0 / np.asarray(s, dtype=np.float64))
+                smooth_fold.fold(_ops.submodule(model, absorber), inverse)
+                absorbed.add(absorber)
 
 
 class _InputScale:
@@ -133,8 +160,12 @@ def install(model: nn.Module, scales: Mapping[str, Sequence[float] | np.ndarray]
     """Divide each smoothed Linear's input by s, on whatever module now sits at its name.
 
     After eager preparation that module is the quant wrapper, so the quantizer sees X / s.
+    Folded scales need nothing here: their absorber already divides.
     """
-    for name, s in scales.items():
+    for key, s in scales.items():
+        name, absorber = split(key)
+        if absorber:
+            continue
         inverse = torch.as_tensor(1.0 / np.asarray(s, dtype=np.float64), dtype=torch.float32)
         _ops.submodule(model, name).register_forward_pre_hook(_InputScale(inverse))
 
