@@ -1,7 +1,9 @@
 """PyTorch: fp32 eager vs inc int8 vs torch's own quantization paths, one process.
 
-The digits CNN of the tests (trained in seconds, cached) is timed on the same batches as
-fp32 eager, inc int8 (FX, x86 engine; ``q.model`` as returned, which runs a frozen TorchScript
+The digits CNN of the tests (trained in seconds, cached) is timed on the same batches
+(contiguous NCHW, as a DataLoader yields them) as fp32 eager, fp32 eager with model and input
+channels-last (torch's recommended CPU layout for CNNs; for these models its max-pool is far
+faster), inc int8 (FX, x86 engine; ``q.model`` as returned, which runs a frozen TorchScript
 trace of itself), torch.ao FX with torch's default x86 qconfig (the peer), and, when
 ``torchao`` is installed, PT2E (``X86InductorQuantizer`` + ``torch.compile``). For the digits
 CNN it also times each convolution alone (torch's int8 kernel against the fp32 one: the
@@ -59,10 +61,23 @@ def median_ms(
     return [statistics.median(t) * 1000 for t in times]
 
 
+def nchw(array: np.ndarray) -> torch.Tensor:
+    """A batch with the strides a DataLoader's batches have (contiguous NCHW). ``from_numpy``
+    of the digits gives the 1-channel axis stride 1, which torch also reads as channels-last:
+    fp32 eager would then silently take its channels-last path."""
+    return torch.from_numpy(array).clone(memory_format=torch.contiguous_format)
+
+
+def channels_last(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """fp32 eager the way torch's CPU tuning guide runs CNNs: model and input channels-last."""
+    moved = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    return lambda x: moved(x.contiguous(memory_format=torch.channels_last))
+
+
 def top1(model: Callable[[torch.Tensor], torch.Tensor], digits: models.Digits, batch: int) -> float:
     """Accuracy over the test set in fixed-size batches (the last one zero-padded): PT2E's
     compiled graph is specialised to one batch size."""
-    x = torch.from_numpy(digits.x_test)
+    x = nchw(digits.x_test)
     pad = (-len(x)) % batch
     x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
     with torch.no_grad():
@@ -132,11 +147,14 @@ class WideCNN(torch.nn.Module):
 def cnn_section(
     title: str, fp32: torch.nn.Module, digits: models.Digits, args: argparse.Namespace
 ) -> list[str]:
-    x = torch.from_numpy(digits.x_test)
+    x = nchw(digits.x_test)
     batches = [x[i : i + args.batch] for i in range(0, len(x) - args.batch + 1, args.batch)]
     calib_np = digits.batches("train", 50)[:4]
-    calib = [torch.from_numpy(b[0]) for b in calib_np]
-    rows: list[tuple[str, Callable, float | None]] = [("fp32 eager", fp32, None)]
+    calib = [nchw(b[0]) for b in calib_np]
+    rows: list[tuple[str, Callable, float | None]] = [
+        ("fp32 eager", fp32, None),
+        ("fp32 eager, channels-last model and input", channels_last(fp32), None),
+    ]
     start = time.perf_counter()
     q = quantization.fit(
         fp32, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib_np
@@ -159,7 +177,7 @@ def cnn_section(
     try:
         start = time.perf_counter()
         # export specialises to the batch size: calibrate with batches of the timed size
-        train = torch.from_numpy(digits.x_train)
+        train = nchw(digits.x_train)
         compiled = peer_pt2e(
             fp32, [train[i : i + args.batch] for i in range(0, 4 * args.batch, args.batch)]
         )
@@ -175,16 +193,16 @@ def cnn_section(
     except Exception as exc:  # torchao absent or inductor unavailable: say so in the table
         print(f"PT2E skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
     latencies = median_ms([m for _, m, _ in rows], batches, args.runs)
-    base = latencies[0]
+    base, base_cl = latencies[0], latencies[1]
     lines = [
         f"### {title}",
         "",
-        "| model | latency (ms/batch) | speedup vs fp32 | accuracy | quantization time (s) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| model | latency (ms/batch) | speedup vs fp32 | vs fp32 channels-last | accuracy | quantization time (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (name, m, t), ms in zip(rows, latencies, strict=True):
         lines.append(
-            f"| {name} | {ms:.3f} | {base / ms:.2f}x | {top1(m, digits, args.batch):.4f} | {'-' if t is None else f'{t:.2f}'} |"
+            f"| {name} | {ms:.3f} | {base / ms:.2f}x | {base_cl / ms:.2f}x | {top1(m, digits, args.batch):.4f} | {'-' if t is None else f'{t:.2f}'} |"
         )
     return [*lines, ""]
 
@@ -192,13 +210,13 @@ def cnn_section(
 def conv_kernel_section(
     fp32: torch.nn.Module, digits: models.Digits, args: argparse.Namespace
 ) -> list[str]:
-    """Each convolution of the digits CNN alone: fp32 Conv2d + ReLU as the eager model runs
-    them, against the int8 ConvReLU2d of inc's model on the int8 tensor it receives there.
-    However the rest of the model runs, no model can be faster than fp32 eager by more than
-    (fp32 model time) / (sum over the convs of the faster kernel's time)."""
+    """Each convolution of the digits CNN alone: fp32 Conv2d + ReLU as each fp32 model runs
+    them (contiguous NCHW, channels-last), against the int8 ConvReLU2d of inc's model on the
+    int8 tensor it receives there. However the rest of a model runs, it cannot beat an fp32
+    model by more than (that fp32 model's time) / (sum over the convs of the faster kernel)."""
     from inc_torch import frozen
 
-    x = torch.from_numpy(digits.x_test[: args.batch])
+    x = nchw(digits.x_test[: args.batch])
     q = quantization.fit(
         fp32,
         PostTrainingQuantConfig(approach="static"),
@@ -206,75 +224,76 @@ def conv_kernel_section(
     )
     graph = frozen.of(q.model)
     assert graph is not None, "the int8 digits CNN is expected to be an FX GraphModule"
+    fp32_cl = copy.deepcopy(fp32).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     names = [n for n, m in fp32.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    int8_inputs: dict[str, torch.Tensor] = {}
-    fp32_inputs: dict[str, torch.Tensor] = {}
+    inputs: dict[tuple[str, str], torch.Tensor] = {}
     hooks = [
-        q.model.get_submodule(n).register_forward_pre_hook(
-            lambda _m, a, n=n: int8_inputs.__setitem__(n, a[0])
+        model.get_submodule(n).register_forward_pre_hook(
+            lambda _m, a, key=(kind, n): inputs.__setitem__(key, a[0])
         )
-        for n in names
-    ] + [
-        fp32.get_submodule(n).register_forward_pre_hook(
-            lambda _m, a, n=n: fp32_inputs.__setitem__(n, a[0])
-        )
+        for kind, model in (("int8", q.model), ("nchw", fp32), ("cl", fp32_cl))
         for n in names
     ]
     with torch.no_grad():
         graph.graph_forward(x)  # the Python graph calls the modules (and their hooks)
         fp32(x)
+        fp32_cl(x_cl)
     for hook in hooks:
         hook.remove()
-    relu = torch.nn.ReLU()
-    calls: list[Callable[[], torch.Tensor]] = [lambda: fp32(x)]
+
+    def call(module: torch.nn.Module, x: torch.Tensor, relu: bool) -> Callable[[], torch.Tensor]:
+        return (lambda: torch.relu(module(x))) if relu else (lambda: module(x))
+
+    calls = [call(fp32, x, False), call(fp32_cl, x_cl, False)]
     for n in names:
-        conv8, conv32 = q.model.get_submodule(n), fp32.get_submodule(n)
-        calls.append(lambda c=conv32, i=fp32_inputs[n]: relu(c(i)))
-        calls.append(lambda c=conv8, i=int8_inputs[n]: c(i))
+        calls.append(call(fp32.get_submodule(n), inputs["nchw", n], True))
+        calls.append(call(fp32_cl.get_submodule(n), inputs["cl", n], True))
+        calls.append(call(q.model.get_submodule(n), inputs["int8", n], False))
     times = median_ms([lambda _b, f=f: f() for f in calls], [x], args.runs)
-    model_ms, per_conv = times[0], times[1:]
-    fastest = sum(min(per_conv[k], per_conv[k + 1]) for k in range(0, len(per_conv), 2))
+    whole, per_conv = times[:2], [times[k : k + 3] for k in range(2, len(times), 3)]
     lines = [
         f"### Digits CNN: each convolution alone, batch {args.batch}",
         "",
-        "| conv | fp32 Conv2d + ReLU (ms) | int8 ConvReLU2d (ms) | int8 speed-up |",
+        "| conv | fp32 Conv2d + ReLU, NCHW (ms) | fp32, channels-last (ms) | int8 ConvReLU2d (ms) |",
         "| --- | ---: | ---: | ---: |",
     ]
-    for k, n in enumerate(names):
-        f32, i8 = per_conv[2 * k], per_conv[2 * k + 1]
-        lines.append(f"| {n} ({fp32.get_submodule(n)}) | {f32:.3f} | {i8:.3f} | {f32 / i8:.2f}x |")
-    lines += [
-        "",
-        f"fp32 eager model: {model_ms:.3f} ms. The faster kernel of each convolution alone: "
-        f"{fastest:.3f} ms in all, so a model that runs these convolutions with torch's kernels, "
-        f"int8 or fp32, cannot be more than {model_ms / fastest:.2f}x faster than fp32 eager at "
-        "this batch size, whatever the rest of it costs.",
-        "",
-    ]
-    return lines
+    for n, (f32, f32_cl, i8) in zip(names, per_conv, strict=True):
+        lines.append(f"| {n} ({fp32.get_submodule(n)}) | {f32:.3f} | {f32_cl:.3f} | {i8:.3f} |")
+    lines.append("")
+    for label, model_ms, column in (("NCHW", whole[0], 0), ("channels-last", whole[1], 1)):
+        fastest = sum(min(t[column], t[2]) for t in per_conv)
+        lines.append(
+            f"* fp32 eager, {label}: {model_ms:.3f} ms for the whole model; the faster kernel of "
+            f"each convolution (that fp32 one or int8) takes {fastest:.3f} ms in all, so no model "
+            f"running these convolutions on torch's kernels can be more than "
+            f"{model_ms / fastest:.2f}x faster than it at this batch size."
+        )
+    return [*lines, ""]
 
 
 def batch_size_section(
     fp32: torch.nn.Module, digits: models.Digits, args: argparse.Namespace
 ) -> list[str]:
-    """fp32 eager, inc int8 and torch.ao FX across batch sizes (one set of models)."""
+    """fp32 eager (both layouts), inc int8 and torch.ao FX across batch sizes."""
     calib_np = digits.batches("train", 50)[:4]
     q = quantization.fit(
         fp32, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib_np
     )
-    peer = peer_fx(fp32, [torch.from_numpy(b[0]) for b in calib_np])
-    x = torch.from_numpy(digits.x_test)
+    peer = peer_fx(fp32, [nchw(b[0]) for b in calib_np])
+    x = nchw(digits.x_test)
     lines = [
-        "### Digits CNN across batch sizes",
+        "### Digits CNN across batch sizes (ms per batch; speed-ups over fp32 NCHW / channels-last)",
         "",
-        "| batch | fp32 eager (ms) | inc int8 (ms) | speedup | torch.ao FX (ms) | speedup |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| batch | fp32 eager | fp32 channels-last | inc int8 | speedup | torch.ao FX | speedup |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for size in (1, 16, 64, 256):
         batches = [x[i : i + size] for i in range(0, len(x) - size + 1, size)][:8]
-        f32, inc, fx = median_ms([fp32, q.model, peer], batches, args.runs)
+        f32, cl, inc, fx = median_ms([fp32, channels_last(fp32), q.model, peer], batches, args.runs)
         lines.append(
-            f"| {size} | {f32:.3f} | {inc:.3f} | {f32 / inc:.2f}x | {fx:.3f} | {f32 / fx:.2f}x |"
+            f"| {size} | {f32:.3f} | {cl:.3f} | {inc:.3f} | {f32 / inc:.2f}x / {cl / inc:.2f}x "
+            f"| {fx:.3f} | {f32 / fx:.2f}x / {cl / fx:.2f}x |"
         )
     return [*lines, ""]
 
