@@ -80,3 +80,48 @@ def test_int8_llama_with_folded_smoothing_keeps_accuracy_and_reloads(
     ids, _ = models.digit_tokens(digits, "test")
     with torch.no_grad():
         assert torch.equal(loaded.model(input_ids=ids).logits, q.model(input_ids=ids).logits)
+
+
+class _OnePlusRMSNorm(torch.nn.Module):
+    """Gemma's RMSNorm: ``x * (1 + weight)``, so dividing ``weight`` does not divide the output."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.full((n,), 0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + self.weight)
+
+
+class _PreNorm(torch.nn.Module):
+    def __init__(self, norm: torch.nn.Module, mode: str = "plain") -> None:
+        super().__init__()
+        self.norm, self.a, self.b, self.mode = (
+            norm,
+            torch.nn.Linear(8, 8),
+            torch.nn.Linear(8, 8),
+            mode,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        h = self.norm(x)
+        if self.mode == "twice":
+            return self.b(self.a(self.a(h)))
+        out = self.b(self.a(h))
+        return (out, h) if self.mode == "returns norm" else out
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (_PreNorm(torch.nn.LayerNorm(8)), {"norm": ("a",), "a": ("b",)}),
+        (_PreNorm(_OnePlusRMSNorm(8)), {"a": ("b",)}),  # the norm does not scale its output
+        (_PreNorm(torch.nn.LayerNorm(8), "returns norm"), {"a": ("b",)}),  # h is an output
+        (_PreNorm(torch.nn.LayerNorm(8), "twice"), {}),  # a runs twice: neither side folds
+    ],
+    ids=["layernorm", "one-plus-weight-norm", "norm-output-returned", "linear-called-twice"],
+)
+def test_folds_only_what_scales_exactly(digits, model, expected):
+    rows = torch.from_numpy(digits.x_test[:32, 0])  # 32 digits as 8 rows of 8 pixels
+    folds = smooth_fold.find(model.eval(), ["a", "b"], rows)
+    assert {f.absorber: f.linears for f in folds} == expected

@@ -14,6 +14,7 @@ requiring grad, the graph from the outputs backwards names every op that used ea
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -53,19 +54,28 @@ def is_absorber(module: nn.Module) -> bool:
 
 
 def find(model: nn.Module, linears: Sequence[str], batch: Any) -> list[Fold]:
-    """The folds possible in ``model`` (a copy the caller owns) for the smoothed ``linears``."""
+    """The folds possible in ``model`` (a copy the caller owns) for the smoothed ``linears``.
+
+    Only modules that ran once on ``batch`` fold (a module called twice could feed anything
+    the second time), only when the absorber's output is not itself a model output, and only
+    when scaling the absorber's parameters scales its output channels (checked on the batch:
+    a norm computing ``x * (1 + weight)`` does not fold).
+    """
     absorbers = {name: m for name, m in model.named_modules() if name and is_absorber(m)}
+    calls: dict[str, int] = {}
     output_of: dict[int, str] = {}  # id(autograd node) -> the absorber that made the tensor
-    input_of: dict[str, Any] = {}
     output_node: dict[str, Any] = {}
-    keep: list[Any] = []  # ids stay valid only while the nodes are alive
+    input_of: dict[str, Any] = {}
+    samples: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def record_output(name: str) -> Any:
-        def hook(_m: nn.Module, _inputs: Any, output: Any) -> None:
+        def hook(_m: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            calls[name] = calls.get(name, 0) + 1
             if isinstance(output, torch.Tensor) and output.grad_fn is not None:
                 output_of[id(output.grad_fn)] = name
                 output_node[name] = output.grad_fn
-                keep.append(output.grad_fn)
+                if inputs and isinstance(inputs[0], torch.Tensor):
+                    samples[name] = (inputs[0].detach(), output.detach())
 
         return hook
 
@@ -73,7 +83,6 @@ def find(model: nn.Module, linears: Sequence[str], batch: Any) -> list[Fold]:
         def hook(_m: nn.Module, inputs: tuple[Any, ...]) -> None:
             if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].grad_fn is not None:
                 input_of[name] = inputs[0].grad_fn
-                keep.append(inputs[0].grad_fn)
 
         return hook
 
@@ -86,21 +95,27 @@ def find(model: nn.Module, linears: Sequence[str], batch: Any) -> list[Fold]:
         for p in grads:
             p.requires_grad_(True)
         with torch.enable_grad():
+            # ``outputs`` keeps the graph, so the node ids stay valid until we return
             outputs = call(model, batch)
-            consumers = _consumers(t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None)
+            roots = [t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None]
+            consumers = _consumers(roots)
     finally:
         for handle in handles:
             handle.remove()
         for p, required in grads.items():
             p.requires_grad_(required)
 
+    returned = {id(node) for node in roots}
     groups: dict[int, list[str]] = {}
     for name in linears:
         node = input_of.get(name)
-        if node is not None and id(node) in output_of and name in output_node:
+        if node is not None and calls.get(name) == 1 and id(node) in output_of:
             groups.setdefault(id(node), []).append(name)
     folds = []
     for node_id, members in groups.items():
+        absorber = output_of[node_id]
+        if calls.get(absorber) != 1 or node_id in returned or absorber not in samples:
+            continue
         inside: set[int] = set()
         for name in members:
             nodes = _nodes_back_to(output_node[name], node_id)
@@ -108,9 +123,22 @@ def find(model: nn.Module, linears: Sequence[str], batch: Any) -> list[Fold]:
                 break
             inside |= nodes
         else:
-            if consumers.get(node_id, set()) <= inside:
-                folds.append(Fold(output_of[node_id], tuple(members)))
+            if consumers.get(node_id, set()) <= inside and _scales_channels(
+                absorbers[absorber], *samples[absorber]
+            ):
+                folds.append(Fold(absorber, tuple(members)))
     return folds
+
+
+def _scales_channels(absorber: nn.Module, x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether ``fold`` with some 1/s makes ``absorber`` output ``y * (1/s)`` on ``x``."""
+    trial = copy.deepcopy(absorber)
+    inverse = torch.linspace(0.5, 2.0, y.shape[-1])
+    fold(trial, inverse)
+    with torch.no_grad():
+        got = trial(x)
+    want = y * inverse.to(y.dtype)
+    return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max())))
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
