@@ -81,6 +81,9 @@ def test_hf_trainer_callback_trains_fake_quantized_and_yields_int8(bert, digits,
     reloaded = load(tmp_path / "saved" / "int8", model=trained)
     with torch.no_grad():
         assert torch.equal(reloaded.model(input_ids=ids).logits, want)
+    # training again: until it ends, save_pretrained is transformers' own (no stale int8)
+    callback.on_train_begin(args, trainer.state, trainer.control, model=model)
+    assert "save_pretrained" not in vars(model)
 
 
 def test_static_ptq_on_bert_uses_eager_mode(bert, digits, bert_calib):
