@@ -148,6 +148,22 @@ def test_op_name_dict_regex_and_matmul_alias(cnn, calib):
     assert quantization.fit(cnn, conf, calib_dataloader=calib).plan.float_ops() == ["fc1", "fc2"]
 
 
+def test_an_nn_flatten_between_int8_ops_stays_int8(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)
+    )
+    models.train(model, digits, epochs=3)
+    q = quantization.fit(
+        model, PostTrainingQuantConfig(approach="static"), calib_dataloader=digits.batches()[:2]
+    )
+    calls = [n.target for n in q.model.graph.nodes if n.op in ("call_method", "call_function")]
+    # one quantize at the input, one dequantize at the output: nothing around the flatten
+    assert calls.count("dequantize") == 1 and calls.count(torch.quantize_per_tensor) == 1
+    assert type(model[2]) is nn.Flatten  # the user's model keeps its module
+    _within_1pct(models.accuracy(q.model, digits), models.accuracy(model, digits))
+
+
 def test_dynamic_quantizes_linear_layers(cnn, digits, cnn_accuracy):
     q = quantization.fit(cnn, PostTrainingQuantConfig(approach="dynamic"))
     assert q.plan.quantized_ops() == ["fc1", "fc2"]

@@ -45,7 +45,7 @@ def quantize(
         if has_static(plan):
             prepared = static.prepare(work, plan, settings, example_inputs or (), mode=mode)
             static.seed(prepared, ranges)
-            work = static.convert(prepared)
+            work = static.convert(prepared, settings)
             info.mode, info.fx_error = prepared.mode, prepared.fx_error
         dynamic.apply(work, plan, settings)
     if smooth:

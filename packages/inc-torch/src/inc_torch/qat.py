@@ -64,7 +64,11 @@ def convert(model: nn.Module, plan: QuantPlan | None = None, *, inplace: bool = 
     work = model if inplace else copy.deepcopy(model)
     work.eval()
     with static.quiet(), quantized_engine(Settings.of(plan).qengine):
-        converted = convert_fx(work) if info.mode == "fx" else eager_convert(work, inplace=True)  # type: ignore[arg-type]
+        converted = (
+            convert_fx(work, backend_config=static.backend_config(Settings.of(plan)))  # type: ignore[arg-type]
+            if info.mode == "fx"
+            else eager_convert(work, inplace=True)
+        )
     result = QuantInfo(plan=plan, mode=info.mode, qat=True, fx_error=info.fx_error)
     result.example_inputs = info.example_inputs
     return attach(frozen.enable(converted), result)
