@@ -10,6 +10,7 @@ from torch import nn
 from inc_core.space import QuantPlan, TensorRanges
 
 from . import dynamic, frozen, smooth_quant, static
+from . import layout as channels_last
 from .info import QuantInfo, attach
 from .qconfig import Settings, quantized_engine
 
@@ -26,12 +27,14 @@ def quantize(
     example_inputs: tuple[Any, ...] | None = None,
     mode: str | None = None,
     smooth: dict[str, list[float]] | None = None,
+    layout: dict[str, list[int]] | None = None,
 ) -> nn.Module:
     """A new int8 model; ``model`` is copied, never modified.
 
     ``ranges`` are the calibrated activation ranges (keys from ``static.prepare``'s
     observers); ``mode`` forces FX or eager (a reload repeats the original's mode);
-    ``smooth`` are SmoothQuant scales to fold in first.
+    ``smooth`` are SmoothQuant scales to fold in first; ``layout`` the channels-last flattens
+    of a saved model (None: found on ``example_inputs``).
     """
     settings = Settings.of(plan)
     work = copy.deepcopy(model).eval()
@@ -47,6 +50,7 @@ def quantize(
             static.seed(prepared, ranges)
             work = static.convert(prepared, settings)
             info.mode, info.fx_error = prepared.mode, prepared.fx_error
+            info.layout = channels_last.lay_out(work, example_inputs, layout)
         dynamic.apply(work, plan, settings)
     if smooth:
         smooth_quant.install(work, smooth)

@@ -24,6 +24,8 @@ class QuantInfo:
     qat: bool = False
     #: why FX could not be used, when mode is "eager"
     fx_error: str = ""
+    #: flatten node -> (C, H, W) it flattens channels-last (``layout``); None: not decided yet
+    layout: dict[str, list[int]] | None = None
     #: one batch of real inputs, used to trace a TorchScript copy at save time (not saved)
     example_inputs: tuple[Any, ...] | None = None
 
@@ -35,6 +37,7 @@ class QuantInfo:
             "smooth": self.smooth,
             "qat": self.qat,
             "fx_error": self.fx_error,
+            "layout": self.layout or {},
         }
 
     @classmethod
@@ -46,6 +49,7 @@ class QuantInfo:
             smooth=data.get("smooth", {}),
             qat=data.get("qat", False),
             fx_error=data.get("fx_error", ""),
+            layout=data.get("layout", {}),
         )
 
 

@@ -114,4 +114,6 @@ def rebuild(model: nn.Module, info: QuantInfo) -> nn.Module:
 
         return qat.rebuild(model, info)
     mode = info.mode if info.mode in ("fx", "eager") else None
-    return build.quantize(model, info.plan, info.ranges, mode=mode, smooth=info.smooth or None)
+    return build.quantize(
+        model, info.plan, info.ranges, mode=mode, smooth=info.smooth or None, layout=info.layout
+    )

@@ -13,6 +13,7 @@ from inc_core.errors import IncError
 from inc_core.space import QuantPlan
 
 from . import frozen, static
+from . import layout as channels_last
 from .info import QuantInfo, attach, info_of
 from .qconfig import Settings, quantized_engine
 
@@ -52,8 +53,15 @@ def _remember_first_inputs(model: nn.Module, info: QuantInfo) -> None:
     model.register_forward_pre_hook(hook)
 
 
-def convert(model: nn.Module, plan: QuantPlan | None = None, *, inplace: bool = False) -> nn.Module:
-    """The int8 model from a fake-quantized one (a converted copy unless ``inplace``)."""
+def convert(
+    model: nn.Module,
+    plan: QuantPlan | None = None,
+    *,
+    inplace: bool = False,
+    layout: dict[str, list[int]] | None = None,
+) -> nn.Module:
+    """The int8 model from a fake-quantized one (a converted copy unless ``inplace``);
+    ``layout``: a saved model's channels-last flattens (None: found on the example inputs)."""
     info = info_of(model)
     if info is None or not info.qat:
         raise IncError(
@@ -69,7 +77,8 @@ def convert(model: nn.Module, plan: QuantPlan | None = None, *, inplace: bool = 
             if info.mode == "fx"
             else eager_convert(work, inplace=True)
         )
-    result = QuantInfo(plan=plan, mode=info.mode, qat=True, fx_error=info.fx_error)
+        applied = channels_last.lay_out(converted, info.example_inputs, layout)
+    result = QuantInfo(plan=plan, mode=info.mode, qat=True, fx_error=info.fx_error, layout=applied)
     result.example_inputs = info.example_inputs
     return attach(frozen.enable(converted), result)
 
@@ -77,4 +86,4 @@ def convert(model: nn.Module, plan: QuantPlan | None = None, *, inplace: bool = 
 def rebuild(model: nn.Module, info: QuantInfo) -> nn.Module:
     """The int8 structure of a QAT model on a fresh fp32 ``model`` (weights loaded after)."""
     prepared = prepare(model, info.plan, mode=info.mode if info.mode in static.MODES else None)
-    return convert(prepared, info.plan, inplace=True)
+    return convert(prepared, info.plan, inplace=True, layout=info.layout)
