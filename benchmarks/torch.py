@@ -213,7 +213,8 @@ def conv_kernel_section(
     """Each convolution of the digits CNN alone: fp32 Conv2d + ReLU as each fp32 model runs
     them (contiguous NCHW, channels-last), against the int8 ConvReLU2d of inc's model on the
     int8 tensor it receives there. However the rest of a model runs, it cannot beat an fp32
-    model by more than (that fp32 model's time) / (sum over the convs of the faster kernel)."""
+    model by more than (that fp32 model's time) / (sum over the convs of the faster kernel).
+    Every time here is the best of three interleaved medians."""
     from inc_torch import frozen
 
     x = nchw(digits.x_test[: args.batch])
@@ -245,15 +246,19 @@ def conv_kernel_section(
     def call(module: torch.nn.Module, x: torch.Tensor, relu: bool) -> Callable[[], torch.Tensor]:
         return (lambda: torch.relu(module(x))) if relu else (lambda: module(x))
 
-    calls = [call(fp32, x, False), call(fp32_cl, x_cl, False)]
+    calls = [call(fp32, x, False), call(fp32_cl, x_cl, False), call(q.model, x, False)]
     for n in names:
         calls.append(call(fp32.get_submodule(n), inputs["nchw", n], True))
         calls.append(call(fp32_cl.get_submodule(n), inputs["cl", n], True))
         calls.append(call(q.model.get_submodule(n), inputs["int8", n], False))
-    times = median_ms([lambda _b, f=f: f() for f in calls], [x], args.runs)
-    whole, per_conv = times[:2], [times[k : k + 3] for k in range(2, len(times), 3)]
+    # best of three medians: other processes only ever add time, and a bound wants each
+    # kernel's own cost
+    repeats = [median_ms([lambda _b, f=f: f() for f in calls], [x], args.runs) for _ in range(3)]
+    times = [min(column) for column in zip(*repeats, strict=True)]
+    whole, int8_model = times[:2], times[2]
+    per_conv = [times[k : k + 3] for k in range(3, len(times), 3)]
     lines = [
-        f"### Digits CNN: each convolution alone, batch {args.batch}",
+        f"### Digits CNN: each convolution alone, batch {args.batch} (best of 3 medians)",
         "",
         "| conv | fp32 Conv2d + ReLU, NCHW (ms) | fp32, channels-last (ms) | int8 ConvReLU2d (ms) |",
         "| --- | ---: | ---: | ---: |",
@@ -267,7 +272,8 @@ def conv_kernel_section(
             f"* fp32 eager, {label}: {model_ms:.3f} ms for the whole model; the faster kernel of "
             f"each convolution (that fp32 one or int8) takes {fastest:.3f} ms in all, so no model "
             f"running these convolutions on torch's kernels can be more than "
-            f"{model_ms / fastest:.2f}x faster than it at this batch size."
+            f"{model_ms / fastest:.2f}x faster than it at this batch size; inc's int8 model is "
+            f"{model_ms / int8_model:.2f}x ({int8_model:.3f} ms, timed in the same rounds)."
         )
     return [*lines, ""]
 

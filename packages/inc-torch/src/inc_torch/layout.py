@@ -12,6 +12,7 @@ when quantizing, kept in the model's info (``QuantInfo.layout``) and reused when
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -56,13 +57,18 @@ def lay_out(
 def find(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> dict[str, list[int]]:
     """Flatten node name -> [C, H, W], for each ``flatten(x, 1)`` of a 4-D int8 tensor whose
     only user is a static int8 Linear (one run of ``gm`` on ``example_inputs``)."""
-    candidates = [node for node in gm.graph.nodes if _linear_after_flatten(gm, node) is not None]
-    if not candidates:
+    names = {node.name for node in gm.graph.nodes if _linear_after_flatten(gm, node) is not None}
+    if not names:
         return {}
+    # on a copy: torch's oneDNN int8 conv keeps its kernel for the first input shape its packed
+    # weights see, and the model's first call should be the user's, not this batch's
+    probe = copy.deepcopy(gm)
     with torch.no_grad():
-        ShapeProp(gm).propagate(*example_inputs)
+        ShapeProp(probe).propagate(*example_inputs)
     found = {}
-    for node in candidates:
+    for node in probe.graph.nodes:
+        if node.name not in names:
+            continue
         meta = node.args[0].meta.get("tensor_meta")
         if meta is not None and len(meta.shape) == 4 and meta.dtype == torch.quint8:
             found[node.name] = [int(d) for d in meta.shape[1:]]
