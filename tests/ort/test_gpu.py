@@ -40,8 +40,11 @@ def test_cuda_execution_provider_path(cnn, calib, evaluation, digits, fp32_top1)
 
 @pytest.mark.gpu
 def test_tensorrt_forces_qdq_pairs_and_symmetric_int8(cnn, calib):
-    if "TensorrtExecutionProvider" not in ort.get_available_providers() or _cuda_usable():
-        pytest.skip("needs an NVIDIA GPU with TensorRT and onnxruntime-gpu")
+    reason = _cuda_usable()
+    if not reason and "TensorrtExecutionProvider" not in ort.get_available_providers():
+        reason = "this onnxruntime build has no TensorrtExecutionProvider"
+    if reason:
+        pytest.skip(f"needs an NVIDIA GPU with TensorRT and onnxruntime-gpu: {reason}")
     conf = PostTrainingQuantConfig(approach="static", backend="onnxrt_trt_ep", device="gpu")
     q = quantization.fit(cnn, conf, calib_dataloader=calib)
     weights = {"conv1.weight", "conv2.weight"}
