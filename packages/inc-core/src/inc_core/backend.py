@@ -130,6 +130,24 @@ class Backend(abc.ABC):
         """Bytes of the serialized model; used by the ``modelsize`` objective."""
         raise NotImplementedError(f"backend {self.name!r} does not measure model size")
 
+    def op_outputs(self, model: Any, inputs: Any, ops: Sequence[str]) -> dict[str, Any]:
+        """The first output of each op named in ``ops`` on one batch of ``inputs``, as numpy.
+
+        Called by the fidelity guard on the fp32 model (what ``load_model`` returned) and on an
+        int8 model (what ``quantize`` returned) to compute each quantized op's ``sqnr_db``; the
+        two results are compared op by op, so both must be float arrays of the same shape. An op
+        the runtime no longer exposes (fused away) is left out. Default: no per-op outputs.
+        """
+        return {}
+
+    def runs_as(self, model: Any) -> dict[str, str]:
+        """Op name -> what the runtime really executes for it in ``model`` (an int8 model), e.g.
+        ``"QLinearConv"`` or ``"Conv (fp32)"``; shown as ``runs_as`` in ``op_report()``.
+
+        Called once on the returned model. Default: nothing known.
+        """
+        return {}
+
     @abc.abstractmethod
     def save(self, model: Any, directory: Path) -> list[str]:
         """Write ``model`` in the framework's native format into ``directory`` (which exists).
