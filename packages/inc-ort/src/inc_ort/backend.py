@@ -110,12 +110,7 @@ class OrtBackend(Backend):
         return prepare(proto, recipe)
 
     def ops(self, model: onnx.ModelProto) -> list[OpInfo]:
-        consts, shapes = graph.constants(model), graph.weight_shapes(model)
-        return [
-            OpInfo(node.name, node.op_type)
-            for node in model.graph.node
-            if graph.is_listed(node, consts, graph.STATIC_OPS, shapes)
-        ]
+        return [OpInfo(node.name, node.op_type) for node in graph.listed_nodes(model)]
 
     def capability(self, approach: str, device: str) -> dict[str, OpCapability]:
         if approach == "dynamic":

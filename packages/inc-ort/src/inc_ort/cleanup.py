@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import graph as graphs
 from ._runtime import onnx
 
 
@@ -9,8 +10,9 @@ def strip_output_qdq(model: onnx.ModelProto) -> int:
     """Remove ``X -> QuantizeLinear -> DequantizeLinear -> graph output`` round trips.
 
     The float graph output gains nothing from being rounded to int8 first; without the pair
-    onnxruntime fuses the producer (e.g. DQ-Gemm into QGemm with a float output). In place;
-    returns how many pairs were removed.
+    onnxruntime fuses the producer (DQ-Gemm into QGemm, DQ-MatMul into MatMulIntegerToFloat,
+    both with a float output). Only for those producers: a Conv needs its Q to run as
+    QLinearConv. In place; returns how many pairs were removed.
     """
     graph = model.graph
     outputs = {o.name for o in graph.output}
@@ -28,7 +30,12 @@ def strip_output_qdq(model: onnx.ModelProto) -> int:
         if q is None or q.op_type != "QuantizeLinear" or consumers.get(q.output[0], 0) != 1:
             continue
         source = producers.get(q.input[0])
-        if source is None or consumers.get(q.input[0], 0) != 1 or q.input[0] in outputs:
+        if (
+            source is None
+            or source.op_type not in graphs.FLOAT_OUTPUT_OPS
+            or consumers.get(q.input[0], 0) != 1
+            or q.input[0] in outputs
+        ):
             continue
         index = list(source.output).index(q.input[0])
         source.output[index] = name

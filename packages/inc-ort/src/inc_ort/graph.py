@@ -15,9 +15,17 @@ from .model_io import PROTOBUF_LIMIT
 
 #: ops with a weight: int8 matrix products pay off here
 WEIGHTED_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-#: compute ops whose inputs are quantized on their own account (listed in ``ops()`` when
-#: every input is an activation; with a constant operand they are bias/scale ops and stay fp32)
-ELEMENTWISE_OPS: tuple[str, ...] = ("Concat", "GlobalAveragePool")
+#: compute ops whose inputs are quantized on their own account, run by onnxruntime as QLinear*
+#: kernels. Concat and the pools are always listed; Add/Mul only between int8 ops (see
+#: ``in_int8_region``): with a constant operand they are bias/scale ops, and between float ops
+#: (a transformer's residual before LayerNorm) a Q/DQ round trip would only cost time.
+ELEMENTWISE_OPS: tuple[str, ...] = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool")
+#: elementwise ops listed only inside an int8 region
+REGION_OPS: tuple[str, ...] = ("Add", "Mul")
+#: weighted ops whose int8 kernel also writes a float output (DQ -> op without a Q after it):
+#: MatMulIntegerToFloat and QGemm. A Conv has no such kernel: without a Q on its output it runs
+#: in fp32 on dequantized weights.
+FLOAT_OUTPUT_OPS: tuple[str, ...] = ("MatMul", "Gemm")
 STATIC_OPS: tuple[str, ...] = WEIGHTED_OPS + ELEMENTWISE_OPS
 #: dynamic (QIntegerOps) types: ConvInteger is measured slower than fp32 on x86, so Conv is
 #: not offered; Gemm is rewritten to MatMul + Add by onnxruntime's dynamic quantizer
@@ -95,7 +103,7 @@ def is_listed(
     ops with a constant weight whose reduction length is at least MIN_REDUCTION."""
     if node.op_type not in types:
         return False
-    if node.op_type in ("Add", "Mul"):
+    if node.op_type in REGION_OPS:
         return all(i not in consts for i in node.input)
     if node.op_type in WEIGHTED_OPS:
         weight = weight_input(node, consts)
@@ -105,6 +113,55 @@ def is_listed(
             k = reduction_length(node, shapes[weight])
             return k is None or k >= MIN_REDUCTION
     return True
+
+
+def listed_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The ops users tune (``ops()``), in graph order: listed types, with Add/Mul only between
+    int8 ops."""
+    consts, shapes = constants(model), weight_shapes(model)
+    candidates = [n for n in model.graph.node if is_listed(n, consts, STATIC_OPS, shapes)]
+    region = int8_region(model, candidates)
+    return [n for n in candidates if n.op_type not in REGION_OPS or n.name in region]
+
+
+def int8_region(model: onnx.ModelProto, candidates: Sequence[onnx.NodeProto]) -> set[str]:
+    """Names of the Add/Mul candidates whose inputs all come from int8 ops and whose output
+    feeds one (looking through data-movement ops): a residual Add between convs, not one before
+    a LayerNorm. The largest such set: chains of Adds count as int8 ops for each other."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    anchors = {n.name for n in candidates if n.op_type not in REGION_OPS}
+    region = {n.name for n in candidates if n.op_type in REGION_OPS}
+
+    def from_int8(tensor: str, depth: int = 0) -> bool:
+        node = producers.get(tensor)
+        if node is None or depth > 32:
+            return False
+        if node.name in anchors or node.name in region:
+            return True
+        return node.op_type in FOLLOW_OPS and bool(node.input) and from_int8(node.input[0], depth + 1)
+
+    def to_int8(tensor: str, depth: int = 0) -> bool:
+        for node in consumers.get(tensor, []):
+            if node.name in anchors or node.name in region:
+                return True
+            if node.op_type in FOLLOW_OPS and depth < 32 and to_int8(node.output[0], depth + 1):
+                return True
+        return False
+
+    changed = True
+    while changed:
+        changed = False
+        for node in candidates:
+            if node.name in region and not (
+                all(from_int8(i) for i in node.input) and to_int8(node.output[0])
+            ):
+                region.discard(node.name)
+                changed = True
+    return region
 
 
 def weight_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:

@@ -130,7 +130,8 @@ def float_outputs(model: onnx.ModelProto, ops: Mapping[str, OpQuant]) -> set[str
 
     Quantizing them would add a Q/DQ round trip that only costs time and precision: the float
     consumer (a bias Add, a LayerNorm, a graph output) wants float, and onnxruntime fuses
-    ``DQ -> MatMul/Gemm/Conv`` with a float output (e.g. MatMulIntegerToFloat).
+    ``DQ -> MatMul/Gemm`` with a float output (MatMulIntegerToFloat, QGemm). Only those: a Conv
+    becomes QLinearConv only with a Q on its output.
     """
     consumers = _consumers(model)
 
@@ -149,7 +150,11 @@ def float_outputs(model: onnx.ModelProto, ops: Mapping[str, OpQuant]) -> set[str
 
     static = {name for name, op in ops.items() if op.approach == "static"}
     return {
-        o for n in model.graph.node if n.name in static for o in n.output if not feeds_quantized(o)
+        o
+        for n in model.graph.node
+        if n.name in static and n.op_type in graph.FLOAT_OUTPUT_OPS
+        for o in n.output
+        if not feeds_quantized(o)
     }
 
 
