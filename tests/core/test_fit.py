@@ -58,13 +58,16 @@ def test_without_evaluation_fit_quantizes_once_and_reports_each_op(mlp, blobs, c
     assert abs(accuracy(q.model, x, y) - accuracy(mlp, x, y)) < 0.02
     rows = q.report["per_op"]
     assert [r["op"] for r in rows] == ["fc1", "fc2"]
+    sqnr = rows[0].pop("sqnr_db")
     assert rows[0] == {
         "op": "fc1",
         "type": "Dense",
         "approach": "static",
         "activation": "uint8",
         "weight": "int8",
+        "runs_as": "Dense (int8)",
     }
+    assert 20 < sqnr < 60  # the op's int8 output against fp32 on a held-out batch
     assert (q.report["ops"], q.report["quantized_ops"], q.report["float_ops"]) == (2, 2, 0)
     assert q.report["quantization_seconds"] >= 0
     json.dumps(q.report)  # JSON-ready

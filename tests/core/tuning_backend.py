@@ -49,6 +49,11 @@ class ToyNet:
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.layer_outputs(x)[self.layers[-1].name]
+
+    def layer_outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Each layer's output by name (the last is the model's output)."""
+        outputs = {}
         out = np.asarray(x, dtype=np.float64)
         for layer in self.layers:
             op = self.plan.ops[layer.name] if self.plan is not None else None
@@ -70,7 +75,8 @@ class ToyNet:
                     )
                     weight = scheme.fake_quantize(weight, wq)
             out = act + 0.5 * (act @ weight) if layer.type == "Add" else act @ weight
-        return out
+            outputs[layer.name] = out
+        return outputs
 
 
 def toy_net(
@@ -160,6 +166,19 @@ class ToyBackend(Backend):
             op = model.plan.ops[layer.name] if model.plan is not None else None
             total += QUANTIZED_MS[layer.type] if op is not None and op.quantized else 1.0
         return total * 1e-3
+
+    def op_outputs(self, model: ToyNet, inputs: Any, ops: Sequence[str]) -> dict[str, Any]:
+        outputs = model.layer_outputs(inputs)
+        return {name: outputs[name] for name in ops if name in outputs}
+
+    def runs_as(self, model: ToyNet) -> dict[str, str]:
+        out = {}
+        for layer in model.layers:
+            op = model.plan.ops[layer.name] if model.plan is not None else None
+            out[layer.name] = (
+                f"{layer.type} ({'int8' if op is not None and op.quantized else 'fp32'})"
+            )
+        return out
 
     def model_size(self, model: ToyNet) -> int:
         size = 0

@@ -452,6 +452,9 @@ class PostTrainingQuantConfig(_QuantConfig):
     model_name: str = ""
     #: INC 2.x compatibility; parallel trials come from ``fit(..., executor=...)``
     use_distributed_tuning: bool = False
+    #: the default guards of ``fit`` (int8 never slower than fp32, never silently wrong):
+    #: ``False`` quantizes every op the rules allow and measures nothing
+    guards: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -480,6 +483,9 @@ class PostTrainingQuantConfig(_QuantConfig):
         _check_type("ni_workload_name", self.ni_workload_name, str, "a string")
         _check_type("model_name", self.model_name, str, "a string")
         _check_type("use_distributed_tuning", self.use_distributed_tuning, bool, "True or False")
+        _check_type(
+            "guards", self.guards, bool, "True (default: speed and fidelity guards) or False"
+        )
 
 
 @_strict_init

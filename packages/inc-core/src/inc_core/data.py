@@ -8,6 +8,7 @@ inputs as ``((a, b), label)`` or a dict.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DataError
@@ -84,6 +85,79 @@ def model_inputs(
             break
     if seen == 0:
         raise DataError(f"{what} yielded no samples; give it at least one batch")
+
+
+# Held-out inputs for the fidelity guard: enough samples for an agreement rate to mean something,
+# few enough batches that comparing outputs stays cheap next to calibration.
+HELD_OUT_SAMPLES = 16
+HELD_OUT_BATCHES = 4
+
+
+@dataclass
+class CalibrationData:
+    """Calibration inputs, and the inputs held back from them to check the int8 model's outputs.
+
+    ``how`` says where the held-out inputs came from: ``"beyond calibration"`` (the loader had
+    more samples than ``calibration_sampling_size``: calibration is unchanged),
+    ``"last calibration batches"`` (held back from calibration), or ``"calibration batch
+    reused"`` (one batch only: ranges and the check both see it).
+    """
+
+    calib: list[Any]
+    held_out: list[Any] = field(default_factory=list)
+    how: str = ""
+
+
+def split_calibration(
+    dataloader: Iterable[Any], max_samples: int | None, what: str = "calib_dataloader"
+) -> CalibrationData:
+    """The first ``max_samples`` samples for calibration plus a few held-out batches."""
+    iterator = _iterate(dataloader, what)
+    calib: list[Any] = []
+    held: list[Any] = []
+    seen = 0
+    for batch in iterator:
+        inputs, _ = split_batch(batch)
+        size = batch_size(inputs)
+        if size == 0:
+            continue
+        if max_samples is not None and seen + size > max_samples:
+            keep = max_samples - seen
+            calib.append(take_samples(inputs, keep))
+            held.append(drop_samples(inputs, keep))
+            seen = max_samples
+            break
+        calib.append(inputs)
+        seen += size
+        if max_samples is not None and seen >= max_samples:
+            break
+    if seen == 0:
+        raise DataError(f"{what} yielded no samples; give it at least one batch")
+    held_samples = sum(batch_size(b) for b in held)
+    if max_samples is not None and seen >= max_samples:
+        for batch in iterator:
+            if held_samples >= HELD_OUT_SAMPLES or len(held) >= HELD_OUT_BATCHES:
+                break
+            inputs, _ = split_batch(batch)
+            size = batch_size(inputs)
+            if size:
+                held.append(inputs)
+                held_samples += size
+    if held:
+        return CalibrationData(calib, held, "beyond calibration")
+    if len(calib) >= 2:
+        count = min(HELD_OUT_BATCHES, max(1, len(calib) // 10))
+        return CalibrationData(calib[:-count], calib[-count:], "last calibration batches")
+    return CalibrationData(calib, list(calib), "calibration batch reused")
+
+
+def drop_samples(inputs: Any, count: int) -> Any:
+    """A batch without its first ``count`` samples, keeping its structure."""
+    if isinstance(inputs, Mapping):
+        return {k: drop_samples(v, count) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(drop_samples(v, count) for v in inputs)
+    return inputs[count:]
 
 
 def labelled_batches(

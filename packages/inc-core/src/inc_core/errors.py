@@ -30,6 +30,14 @@ class DeviceNotAvailable(IncError, RuntimeError):
     """The device named in the config is not present on this machine."""
 
 
+class GuardWarning(UserWarning):
+    """A default guard of ``fit`` changed or could not fix the int8 model (see ``report``).
+
+    Silence it with ``warnings.filterwarnings("ignore", category=GuardWarning)``, or turn the
+    guards off with ``PostTrainingQuantConfig(guards=False)``.
+    """
+
+
 def closest(value: str, allowed: Iterable[str]) -> str | None:
     """The allowed value nearest to ``value`` by spelling, or None when nothing is close."""
     by_lower = {str(a).lower(): str(a) for a in allowed}

@@ -39,9 +39,13 @@ class QuantizedModel:
         return self.model(*args, **kwargs)
 
     def op_report(self) -> list[dict[str, Any]]:
-        """One row per op: name, type, approach, activation and weight dtypes."""
+        """One row per op: name, type, approach, activation and weight dtypes, ``sqnr_db`` (the
+        op's output int8 vs fp32 on calibration data; None for fp32 ops or when unknown) and
+        ``runs_as`` (what the runtime executes for it; "" when unknown)."""
+        diagnosis = self.report.get("op_diagnosis") or {}
         rows = []
         for name, op in self.plan.ops.items():
+            known = diagnosis.get(name) or {}
             rows.append(
                 {
                     "op": name,
@@ -49,6 +53,8 @@ class QuantizedModel:
                     "approach": op.approach,
                     "activation": op.activation.dtype if op.activation else "fp32",
                     "weight": op.weight.dtype if op.weight else "fp32",
+                    "sqnr_db": known.get("sqnr_db") if op.quantized else None,
+                    "runs_as": known.get("runs_as", ""),
                 }
             )
         return rows

@@ -11,7 +11,7 @@ from .backend import Backend
 from .config import QuantizationAwareTrainingConfig
 from .errors import ConfigError, IncError, ModelError
 from .model import QuantizedModel
-from .quantization import Session, prepare_session
+from .session import Session, prepare_session
 from .space import QuantPlan
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .backend import Backend
 from .errors import ConfigError, DataError
-from .quantization import Session
+from .session import Session
 from .space import QuantPlan, TensorRanges
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from typing import Any
 from .errors import ConfigError, DataError, IncError
 from .model import QuantizedModel
 from .progress import Progress
-from .quantization import Session
 from .report import render, rows
+from .session import Session
 from .space import QuantPlan
 from .strategy import STRATEGIES, Batch, Outcome, TuningSpace
 from .strategy.history import Baseline, History, Trial, fingerprint, history_path

@@ -1,0 +1,469 @@
+"""The default guards of ``fit``: an int8 model is never silently wrong, nor slower than fp32.
+
+``quantization.fit`` calls ``run_guards`` on its default path (no evaluation) once the
+default plan is built, unless ``PostTrainingQuantConfig(guards=False)``:
+
+1. **Per-op diagnosis** -- each quantized op's output, int8 vs fp32, as ``sqnr_db``
+   (``Backend.op_outputs`` on one held-out batch); it ranks the ops for step 2.
+2. **Fidelity guard** -- int8 vs fp32 model outputs on calibration inputs held back from
+   calibration (``inc_core.fidelity``). Below the threshold the most sensitive ops (lowest
+   ``sqnr_db``) fall back to fp32, 1, 2, 4, ... of them, until it holds.
+3. **Speed guard** -- fp32 vs int8 latency on one batch (``inc_core.speed``). When int8 is not
+   faster, candidates with one op type (or, in a one-type model, one region of ops) in fp32 are
+   timed, and each that is clearly faster is kept (greedy, bounded). When nothing pays, the
+   fastest int8 model found is returned with a warning.
+
+Fidelity goes first: a fallback for speed only ever makes outputs closer to fp32, not the
+other way round. The report keys are ``fidelity``, ``speed``, ``fallback``, ``op_diagnosis``
+and ``guard_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from . import fidelity
+from .backend import Backend
+from .data import batch_size
+from .errors import ConfigError, DataError, GuardWarning
+from .model import QuantizedModel
+from .session import Session
+from .space import QuantPlan
+from .speed import IMPROVES, NOT_FASTER, Bench, Timing
+from .strategy.space import TuningSpace
+
+log = logging.getLogger(__name__)
+
+#: the speed search may spend this share of the time quantization took, but at least
+#: SEARCH_MIN_SECONDS (small models quantize in milliseconds), and build at most MAX_CANDIDATES
+SEARCH_SHARE = 0.2
+SEARCH_MIN_SECONDS = 2.0
+MAX_CANDIDATES = 8
+#: a model with one quantized op type is searched in this many contiguous regions of ops
+MAX_REGIONS = 4
+
+
+def op_sqnr(
+    backend: Backend,
+    fp32: Any,
+    int8: Any,
+    batch: Any,
+    ops: Sequence[str],
+    reference: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """``sqnr_db`` of each op in ``ops`` that both models expose (``Backend.op_outputs``).
+
+    ``reference`` is the fp32 model's ``op_outputs`` when already computed.
+    """
+    if not ops:
+        return {}
+    if reference is None:
+        reference = backend.op_outputs(fp32, batch, ops)
+    if not reference:
+        return {}
+    outputs = backend.op_outputs(int8, batch, [op for op in ops if op in reference])
+    out: dict[str, float] = {}
+    for op in ops:
+        if op not in reference or op not in outputs:
+            continue
+        ref, got = reference[op], outputs[op]
+        if getattr(ref, "shape", None) != getattr(got, "shape", None):
+            log.warning(
+                "op %s: fp32 and int8 outputs differ in shape (%s vs %s); no sqnr_db",
+                op,
+                getattr(ref, "shape", "?"),
+                getattr(got, "shape", "?"),
+            )
+            continue
+        out[op] = round(fidelity.sqnr_db(ref, got), 3)
+    return out
+
+
+def diagnose(
+    backend: Backend,
+    fp32: Any,
+    plan: QuantPlan,
+    native: Any,
+    batch: Any,
+    sqnr: dict[str, float] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``report["op_diagnosis"]``: op -> {"sqnr_db", "runs_as"} where known.
+
+    A backend bug in ``op_outputs``/``runs_as`` costs the diagnosis, never the model: it is
+    logged and the values stay unknown.
+    """
+    if sqnr is None:
+        sqnr = {}
+        if batch is not None:
+            try:
+                sqnr = op_sqnr(backend, fp32, native, batch, plan.quantized_ops())
+            except (ConfigError, DataError):
+                raise
+            except Exception as exc:
+                log.warning(
+                    "per-op diagnosis failed in op_outputs: %s: %s", type(exc).__name__, exc
+                )
+    try:
+        runs_as = dict(backend.runs_as(native))
+    except Exception as exc:
+        log.warning("per-op diagnosis failed in runs_as: %s: %s", type(exc).__name__, exc)
+        runs_as = {}
+    quantized = set(plan.quantized_ops())
+    out: dict[str, dict[str, Any]] = {}
+    for name in plan.ops:
+        row: dict[str, Any] = {}
+        if name in quantized and name in sqnr:
+            row["sqnr_db"] = sqnr[name]
+        if name in runs_as:
+            row["runs_as"] = str(runs_as[name])
+        if row:
+            out[name] = row
+    return out
+
+
+def _warn(message: str) -> None:
+    log.warning("%s", message)
+    warnings.warn(message, GuardWarning, stacklevel=_caller_outside_inc_core())
+
+
+def _caller_outside_inc_core() -> int:
+    """The ``stacklevel`` that points a warning at the user's line calling into inc_core."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(2)  # the caller of _warn
+    level = 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
+class Guards:
+    """One run of the guards over one session; fills ``report``."""
+
+    def __init__(self, session: Session, report: dict[str, Any], build_seconds: float) -> None:
+        self.session = session
+        self.backend = session.backend
+        self.report = report
+        self.build_seconds = build_seconds
+        self.start = time.perf_counter()
+        self.base = session.default_plan
+        self.space = TuningSpace(session.spaces, self.base)
+        self.fallback: list[dict[str, Any]] = []
+        inputs = session.held_out or session.calib_inputs or []
+        self.batch = inputs[0] if inputs else None
+        self._ranges: Any = None
+        self._reference_ops: dict[str, Any] | None = None
+
+    # -- building candidates ----------------------------------------------------------------
+
+    def build(self, plan: QuantPlan) -> Any:
+        """``plan`` quantized with the default plan's ranges: a plan with fewer quantized ops
+        needs a subset of the same fp32 activation statistics, so no new calibration run."""
+        if self._ranges is None:
+            self._ranges = self.session.ranges_for(self.base)
+        return self.backend.quantize(self.session.model, plan, self._ranges)
+
+    def _record(
+        self, names: Sequence[str], why: str, extra: dict[str, dict[str, Any]] | None = None
+    ) -> None:
+        for name in names:
+            row = {"op": name, "type": self.base.op_types.get(name, ""), "why": why}
+            row.update((extra or {}).get(name, {}))
+            self.fallback.append(row)
+
+    # -- the steps --------------------------------------------------------------------------
+
+    def run(self, plan: QuantPlan, native: Any) -> tuple[QuantPlan, Any]:
+        sqnr = self._op_sqnr(native, plan.quantized_ops())
+        default_plan = plan
+        plan, native = self._fidelity(plan, native, sqnr)
+        plan, native = self._speed(plan, native)
+        final_sqnr = sqnr if plan == default_plan else self._op_sqnr(native, plan.quantized_ops())
+        self.report["op_diagnosis"] = diagnose(
+            self.backend, self.session.model, plan, native, self.batch, final_sqnr
+        )
+        self.report["fallback"] = self.fallback
+        self.report["guard_seconds"] = time.perf_counter() - self.start
+        return plan, native
+
+    def _op_sqnr(self, native: Any, ops: Sequence[str]) -> dict[str, float]:
+        if self.batch is None:
+            return {}
+        try:
+            if self._reference_ops is None:
+                self._reference_ops = self.backend.op_outputs(
+                    self.session.model, self.batch, self.base.quantized_ops()
+                )
+            return op_sqnr(
+                self.backend, self.session.model, native, self.batch, ops, self._reference_ops
+            )
+        except (ConfigError, DataError):
+            raise
+        except Exception as exc:
+            log.warning("per-op diagnosis failed in op_outputs: %s: %s", type(exc).__name__, exc)
+            return {}
+
+    def _fidelity(
+        self, plan: QuantPlan, native: Any, sqnr: dict[str, float]
+    ) -> tuple[QuantPlan, Any]:
+        held = self.session.held_out
+        if not held:
+            self.report["fidelity"] = {
+                "skipped": "no calibration batches to compare outputs on (calib_func, or no "
+                "calibration data)"
+            }
+            return plan, native
+        try:
+            references = [self.backend.predict(self.session.model, x) for x in held]
+        except NotImplementedError:
+            self.report["fidelity"] = {"skipped": f"backend {self.backend.name!r} has no predict"}
+            return plan, native
+        info: dict[str, Any] = {
+            "threshold": fidelity.threshold(),
+            "held_out_batches": len(held),
+            "held_out_samples": sum(batch_size(x) for x in held),
+            "held_out": self.session.held_out_how,
+        }
+        self.report["fidelity"] = info
+        if self.session.held_out_how == "calibration batch reused":
+            log.info(
+                "fidelity guard: one calibration batch only; comparing on it (also used for ranges)"
+            )
+        before = self._compare(references, native)
+        if before["holds"]:
+            info.update(before)
+            return plan, native
+        order = {name: i for i, name in enumerate(plan.ops)}
+        ranked = sorted(
+            self.space.fallback_candidates(plan),
+            key=lambda n: (n not in sqnr, sqnr.get(n, 0.0), order[n]),
+        )
+        steps: list[dict[str, Any]] = []
+        chosen = (plan, native, before, 0)
+        count = 1
+        while ranked:
+            count = min(count, len(ranked))
+            candidate = self.space.fallback(plan, ranked[:count])
+            built = self.build(candidate)
+            after = self._compare(references, built)
+            steps.append(
+                {
+                    "fp32_ops": count,
+                    "sqnr_db": after["sqnr_db"],
+                    "agreement": after["agreement"],
+                    "holds": after["holds"],
+                }
+            )
+            chosen = (candidate, built, after, count)
+            if after["holds"] or count == len(ranked):
+                break
+            count *= 2
+        plan, native, after, count = chosen
+        info.update(after)
+        info["before"] = {k: before[k] for k in ("cosine", "sqnr_db", "agreement")}
+        info["steps"] = steps
+        # the order the ops fell back in (lowest sqnr_db first), as far as it matters
+        info["ranked"] = [{"op": n, "sqnr_db": sqnr.get(n)} for n in ranked[: max(8, 2 * count)]]
+        names = ranked[:count]
+        self._record(names, "fidelity", {n: {"sqnr_db": sqnr[n]} for n in names if n in sqnr})
+        what = _metrics_text(before)
+        if after["holds"]:
+            _warn(
+                f"int8 outputs were below the fidelity threshold on held-out calibration data "
+                f"({what}; threshold: SQNR >= {fidelity.MIN_SQNR_DB:g} dB, or argmax agreement >= "
+                f"{fidelity.MIN_AGREEMENT:g}); kept the {count} most sensitive op(s) in fp32: "
+                f"{_names(names)}; now {_metrics_text(after)}. See report['fallback']"
+            )
+        else:
+            _warn(
+                f"int8 outputs stay below the fidelity threshold on held-out calibration data "
+                f"even with {count} op(s) in fp32 ({_names(names)}): {_metrics_text(after)} "
+                f"(was {what}). Check the calibration data, or give an eval_func to tune"
+            )
+        return plan, native
+
+    def _compare(self, references: list[Any], native: Any) -> dict[str, Any]:
+        outputs = [self.backend.predict(native, x) for x in self.session.held_out]
+        return fidelity.compare(references, outputs)
+
+    def _speed(self, plan: QuantPlan, native: Any) -> tuple[QuantPlan, Any]:
+        if self.batch is None:
+            self.report["speed"] = {"skipped": "no calibration batch to time"}
+            return plan, native
+        if not plan.quantized_ops():
+            self.report["speed"] = {"skipped": "no op left quantized"}
+            return plan, native
+        try:
+            bench = Bench(self.backend, self.session.model, self.batch)
+            timing = bench.time(native)
+        except NotImplementedError:
+            self.report["speed"] = {"skipped": f"backend {self.backend.name!r} has no latency"}
+            return plan, native
+        slower = False
+        if timing.ratio >= NOT_FASTER:
+            # re-measure before acting: one busy stretch must not cost the user int8 ops
+            slower, timing = bench.confirmed(native, timing, NOT_FASTER)
+        first = timing
+        tried: list[dict[str, Any]] = []
+        if slower:
+            plan, native, timing = self._search(bench, plan, native, timing, tried)
+        self.report["speed"] = _speed_report(timing, self.batch, bench.calls, first, tried)
+        if slower and timing.ratio >= NOT_FASTER:
+            fallen = [_names(r["fp32"]) for r in tried]
+            _warn(
+                f"int8 is {timing.ratio:.2f}x the time of fp32 on this machine (median of "
+                f"{len(timing.ratios)} interleaved rounds, batch {batch_size(self.batch)}); "
+                f"no candidate tried made it faster than fp32 (fp32 candidates tried: "
+                f"{'; '.join(fallen) or 'none possible'}). Returning the fastest int8 model "
+                "found; report['speed'] has the numbers"
+            )
+        return plan, native
+
+    def _groups(self, plan: QuantPlan) -> list[list[str]]:
+        """What the speed search tries to put in fp32: each op type (weightless types first:
+        quantizing an element-wise op adds work and saves none), or for a model with one type,
+        contiguous regions of its ops."""
+        names = self.space.fallback_candidates(plan)
+        by_type: dict[str, list[str]] = {}
+        for name in names:
+            by_type.setdefault(plan.op_types[name], []).append(name)
+        if len(by_type) >= 2:
+            groups = list(by_type.values())
+            return sorted(groups, key=lambda g: plan.ops[g[0]].weight is not None)
+        if len(names) < 2:
+            return []
+        regions = min(MAX_REGIONS, len(names))
+        size = -(-len(names) // regions)
+        return [names[i : i + size] for i in range(0, len(names), size)]
+
+    def _search(
+        self,
+        bench: Bench,
+        plan: QuantPlan,
+        native: Any,
+        timing: Timing,
+        tried: list[dict[str, Any]],
+    ) -> tuple[QuantPlan, Any, Timing]:
+        budget = max(SEARCH_MIN_SECONDS, SEARCH_SHARE * self.build_seconds)
+        search_start = time.perf_counter()
+        for group in self._groups(plan):
+            if len(tried) >= MAX_CANDIDATES or time.perf_counter() - search_start > budget:
+                log.info("speed guard: search budget spent after %d candidates", len(tried))
+                break
+            candidate = self.space.fallback(plan, group)
+            if not candidate.quantized_ops():
+                continue  # the guard returns an int8 model, never the fp32 one
+            try:
+                built = self.build(candidate)
+                measured = bench.time(built)
+            except (ConfigError, DataError):
+                raise
+            except Exception as exc:
+                log.warning("speed guard: candidate with %s in fp32 failed: %s", _names(group), exc)
+                tried.append({"fp32": group, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            row: dict[str, Any] = {"fp32": group, "ratio": round(measured.ratio, 4)}
+            tried.append(row)
+            limit = timing.ratio * IMPROVES
+            if measured.ratio > limit:
+                continue
+            faster, measured = bench.confirmed_below(built, measured, limit)
+            row["ratio"] = round(measured.ratio, 4)
+            if not faster:
+                continue
+            row["kept"] = True
+            before = timing.ratio
+            plan, native, timing = candidate, built, measured
+            ratios = {"ratio_before": round(before, 4), "ratio_after": round(timing.ratio, 4)}
+            self._record(group, "slower", {n: ratios for n in group})
+            if timing.ratio < NOT_FASTER:
+                break
+        return plan, native, timing
+
+
+def _speed_report(
+    timing: Timing, batch: Any, calls: int, first: Timing, tried: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``report["speed"]``: the returned model against fp32 (medians of the same rounds)."""
+    out: dict[str, Any] = {
+        "fp32_ms": round(timing.fp32_ms, 4),
+        "int8_ms": round(timing.model_ms, 4),
+        "ratio": round(timing.ratio, 4),
+        "batch": batch_size(batch),
+        "rounds": len(timing.ratios),
+        "faster": timing.ratio < NOT_FASTER,
+        "latency_calls": calls,
+    }
+    if tried:
+        out["default_int8_ms"] = round(first.model_ms, 4)
+        out["default_ratio"] = round(first.ratio, 4)
+        out["tried"] = tried
+    return out
+
+
+def _metrics_text(metrics: dict[str, Any]) -> str:
+    text = f"SQNR {metrics['sqnr_db']:.1f} dB, cosine {metrics['cosine']:.4f}"
+    if metrics.get("agreement") is not None:
+        text += f", argmax agreement {metrics['agreement']:.3f}"
+    return text
+
+
+def _names(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def run_guards(
+    session: Session, plan: QuantPlan, native: Any, report: dict[str, Any], build_seconds: float
+) -> tuple[QuantPlan, Any]:
+    """Run the guards on the default plan's model; returns the plan and model to hand back."""
+    return Guards(session, report, build_seconds).run(plan, native)
+
+
+def unguarded(session: Session, plan: QuantPlan, native: Any, report: dict[str, Any]) -> None:
+    """The report of ``guards=False``: the same keys, nothing measured but the diagnosis."""
+    off = {"skipped": "guards=False"}
+    report["fidelity"] = dict(off)
+    report["speed"] = dict(off)
+    report["fallback"] = []
+    batch = session.calib_inputs[0] if session.calib_inputs else None
+    report["op_diagnosis"] = diagnose(session.backend, session.model, plan, native, batch)
+
+
+def after_tuning(session: Session, result: QuantizedModel) -> QuantizedModel:
+    """The guards' report keys for a tuned model: the user's evaluation decided fidelity, so
+    nothing falls back here; speed and the diagnosis are measured on the returned model."""
+    start = time.perf_counter()
+    report = result.report
+    base = session.default_plan
+    fallen = [n for n in base.quantized_ops() if not result.plan.ops[n].quantized]
+    report["fallback"] = [
+        {"op": n, "type": base.op_types.get(n, ""), "why": "tuning"} for n in fallen
+    ]
+    report["fidelity"] = {"skipped": "the evaluation given to fit decided (tuning)"}
+    batch = session.calib_inputs[0] if session.calib_inputs else None
+    if not session.conf.guards:
+        report["speed"] = {"skipped": "guards=False"}
+    elif batch is None:
+        report["speed"] = {"skipped": "no calibration batch to time"}
+    elif not result.plan.quantized_ops():
+        report["speed"] = {"skipped": "no op left quantized"}
+    else:
+        try:
+            bench = Bench(session.backend, session.model, batch)
+            timing = bench.time(result.model)
+            report["speed"] = _speed_report(timing, batch, bench.calls, timing, [])
+        except NotImplementedError:
+            report["speed"] = {"skipped": f"backend {session.backend.name!r} has no latency"}
+    report["op_diagnosis"] = diagnose(
+        session.backend, session.model, result.plan, result.model, batch
+    )
+    report["guard_seconds"] = time.perf_counter() - start
+    report["per_op"] = result.op_report()
+    return result

@@ -1,0 +1,154 @@
+"""The model being quantized: backend, native fp32 model, tuning space and calibration data.
+
+``Session`` is what ``fit``, the default guards, tuning trials and QAT share; it lives here so
+that none of them imports the user-facing ``quantization`` module for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import backend as registry
+from .backend import Backend
+from .data import CalibrationData, model_inputs, split_calibration
+from .errors import ConfigError, ModelError
+from .model import QuantizedModel
+from .rules import build_space, default_plan
+from .space import OpSpace, QuantPlan, TensorRanges
+
+
+def select_backend(model: Any, conf: Any) -> Backend:
+    """The backend for ``model``, checked against the config's backend and device."""
+    backend = registry.for_model(model)
+    if conf.backend not in backend.config_backends:
+        allowed = ", ".join(repr(b) for b in backend.config_backends)
+        raise ConfigError(
+            f"backend={conf.backend!r} is not available for {backend.framework} models; allowed: {allowed}"
+        )
+    backend.check_config(conf)
+    return backend
+
+
+@dataclass
+class Session:
+    """One fp32 model being quantized: builds candidates for plans, caching calibration.
+
+    This is the seam between ``fit`` and the tuning strategies: a strategy proposes plans, the
+    session turns each into a native quantized model.
+    """
+
+    backend: Backend
+    model: Any
+    conf: Any
+    spaces: list[OpSpace]
+    calib_inputs: list[Any] | None = None
+    calib_func: Callable[[Any], Any] | None = None
+    #: inputs kept out of calibration for the fidelity guard, and where they came from
+    held_out: list[Any] = field(default_factory=list)
+    held_out_how: str = ""
+    _ranges: dict[str, TensorRanges] = field(default_factory=dict)
+
+    @property
+    def default_plan(self) -> QuantPlan:
+        return default_plan(self.spaces, self.conf)
+
+    def ranges_for(self, plan: QuantPlan) -> TensorRanges:
+        """Calibrated ranges for the static ops of ``plan`` (computed once per algorithm mix)."""
+        static = {
+            n: op.activation.algorithm
+            for n, op in plan.ops.items()
+            if op.approach == "static" and op.activation
+        }
+        if not static:
+            return {}
+        key = repr(sorted(static.items())) + repr(
+            sorted(plan.recipes.items(), key=lambda kv: kv[0])
+        )
+        if key not in self._ranges:
+            if self.calib_inputs is not None:
+                self._ranges[key] = self.backend.calibrate(self.model, self.calib_inputs, plan)
+            elif self.calib_func is not None:
+                self._ranges[key] = self.backend.calibrate_with_func(
+                    self.model, self.calib_func, plan
+                )
+            else:
+                raise ConfigError(
+                    "static quantization needs calibration data: pass calib_dataloader (or calib_func), "
+                    "or use PostTrainingQuantConfig(approach='dynamic')"
+                )
+        return self._ranges[key]
+
+    def build(self, plan: QuantPlan) -> Any:
+        """The native quantized model for ``plan``."""
+        return self.backend.quantize(self.model, plan, self.ranges_for(plan))
+
+    def wrap(
+        self, native: Any, plan: QuantPlan, report: dict[str, Any] | None = None
+    ) -> QuantizedModel:
+        return QuantizedModel(
+            model=native,
+            backend=self.backend.name,
+            plan=self.backend.effective_plan(self.model, plan),
+            config=self.conf.to_dict(),
+            report=report or {},
+        )
+
+
+def prepare_session(
+    model: Any,
+    conf: Any,
+    calib_dataloader: Iterable[Any] | None = None,
+    calib_func: Callable[[Any], Any] | None = None,
+    hold_out: bool = False,
+) -> Session:
+    """Everything up to the first candidate: backend, native model, tuning space, calib data.
+
+    With ``hold_out`` a few calibration batches are kept apart for the fidelity guard (see
+    ``inc_core.data.split_calibration``).
+    """
+    backend = select_backend(model, conf)
+    native = backend.load_model(model, conf)
+    ops = backend.ops(native)
+    if not ops:
+        raise ModelError(f"the model has no op that {backend.framework} can quantize")
+    has_calibration = calib_dataloader is not None or calib_func is not None
+    approach = conf.approach
+    if approach == "auto":
+        approaches = ("static", "dynamic") if has_calibration else ("dynamic",)
+    else:
+        approaches = (approach,)
+    capabilities = {a: backend.capability(a, conf.device) for a in approaches}
+    spaces = build_space(ops, capabilities, conf, backend.op_type_aliases)
+    if not any(choice.quantized for s in spaces for choice in s.choices):
+        types = ", ".join(sorted({op.type for op in ops}))
+        if approach == "auto" and not has_calibration:
+            raise ModelError(
+                f"approach='auto' without calibration data means dynamic quantization, and "
+                f"{backend.framework} cannot quantize any op of this model dynamically (op types: "
+                f"{types}); pass calib_dataloader for static quantization"
+            )
+        raise ModelError(
+            f"no op of the model can be quantized with approach {approach!r} on "
+            f"{backend.framework}; op types in the model: {types}"
+        )
+    if calib_dataloader is None:
+        return Session(backend, native, conf, spaces, None, calib_func)
+    samples = (
+        conf.calibration_sampling_size[0] if hasattr(conf, "calibration_sampling_size") else None
+    )
+    if hold_out:
+        data = split_calibration(calib_dataloader, samples, "calib_dataloader")
+    else:
+        data = CalibrationData(list(model_inputs(calib_dataloader, samples, "calib_dataloader")))
+    return Session(
+        backend,
+        native,
+        conf,
+        spaces,
+        data.calib,
+        calib_func,
+        held_out=data.held_out,
+        held_out_how=data.how,
+    )

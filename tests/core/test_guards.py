@@ -1,0 +1,333 @@
+"""The default guards of fit: speed, fidelity, per-op diagnosis, the switch and the report.
+
+Decisions are tested on the toy backend, whose latency is a modelled cost (each op type's int8
+cost, quantized Add dearer than fp32), so they are deterministic: no clock is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inc_core import PostTrainingQuantConfig, load, quantization
+from inc_core import backend as registry
+from inc_core.data import split_calibration
+from inc_core.errors import ConfigError, GuardWarning
+from inc_core.fidelity import MIN_SQNR_DB, agreement, compare, sqnr_db
+
+from .tuning_backend import ToyBackend, ToyLayer, ToyNet, calib_batches, toy_net
+
+pytestmark = pytest.mark.usefixtures("toy_backend")
+
+
+def fit(net: Any, **conf: Any) -> Any:
+    """fit on the default path; fails on any warning but the guards' own."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = quantization.fit(
+            net,
+            PostTrainingQuantConfig(approach="static", **conf),
+            calib_dataloader=calib_batches(),
+        )
+    guard = [w for w in caught if issubclass(w.category, GuardWarning)]
+    others = [w for w in caught if not issubclass(w.category, GuardWarning)]
+    assert not others, [str(w.message) for w in others]
+    q.guard_warnings = [str(w.message) for w in guard]
+    return q
+
+
+def fallback(q: Any, why: str) -> list[str]:
+    return [row["op"] for row in q.report["fallback"] if row["why"] == why]
+
+
+# -- the switch ------------------------------------------------------------------------------
+
+
+def test_guards_is_a_validated_config_key_that_round_trips():
+    assert PostTrainingQuantConfig().guards is True
+    with pytest.raises(ConfigError, match=r"guards must be True .* or False, got str 'no'"):
+        PostTrainingQuantConfig(guards="no")
+    data = PostTrainingQuantConfig(guards=False).to_dict()
+    assert data["guards"] is False
+    again = PostTrainingQuantConfig.from_dict(json.loads(json.dumps(data)))
+    assert again == PostTrainingQuantConfig(guards=False)
+
+
+def test_guards_off_quantizes_every_op_and_measures_nothing():
+    q = fit(toy_net(types=("Add", "Add", "Add", "Conv")), guards=False)
+    assert q.plan.quantized_ops() == ["add1", "add2", "add3", "conv"]
+    assert q.report["fallback"] == []
+    assert q.report["speed"] == {"skipped": "guards=False"}
+    assert q.report["fidelity"] == {"skipped": "guards=False"}
+    assert q.guard_warnings == []
+    assert q.config["guards"] is False
+
+
+# -- the speed guard -------------------------------------------------------------------------
+
+
+def test_int8_faster_than_fp32_keeps_every_op_and_reports_both_times():
+    q = fit(toy_net())  # Conv 0.4 + Conv 0.4 + MatMul 0.5 + Add 1.6 ms vs 4 x 1.0 ms
+    assert q.plan.quantized_ops() == ["conv1", "conv2", "mm", "add"]
+    speed = q.report["speed"]
+    assert speed["fp32_ms"] == pytest.approx(4.0)
+    assert speed["int8_ms"] == pytest.approx(2.9)
+    assert speed["batch"] == 16
+    assert speed["faster"] is True
+    assert q.report["fallback"] == []
+    assert q.guard_warnings == []
+
+
+def test_an_op_type_slower_in_int8_falls_back_when_int8_is_not_faster():
+    q = fit(toy_net(types=("Add", "Add", "Add", "Conv")))  # int8 5.2 ms vs fp32 4.0 ms
+    assert q.plan.quantized_ops() == ["conv"]
+    assert fallback(q, "slower") == ["add1", "add2", "add3"]
+    row = q.report["fallback"][0]
+    assert row["type"] == "Add"
+    assert row["ratio_before"] == pytest.approx(5.2 / 4.0)
+    assert row["ratio_after"] == pytest.approx(3.4 / 4.0)
+    speed = q.report["speed"]
+    assert (speed["fp32_ms"], speed["int8_ms"]) == (pytest.approx(4.0), pytest.approx(3.4))
+    assert speed["default_int8_ms"] == pytest.approx(5.2)
+    assert q.guard_warnings == []
+    assert q.report["quantized_ops"] == 1 and q.report["float_ops"] == 3
+
+
+def test_when_nothing_pays_the_fastest_int8_model_comes_back_with_a_warning():
+    q = fit(toy_net(types=("Add",) * 4))  # one type: regions of ops are tried
+    assert q.plan.quantized_ops(), "the guard returns an int8 model, never the fp32 one"
+    assert q.plan.quantized_ops() == ["add4"]
+    assert fallback(q, "slower") == ["add1", "add2", "add3"]
+    assert q.report["speed"]["int8_ms"] == pytest.approx(4.6)
+    assert q.report["speed"]["faster"] is False
+    (message,) = q.guard_warnings
+    assert "int8 is 1.15x the time of fp32 on this machine" in message
+    assert "add1" in message
+
+
+class BusyOnce(ToyBackend):
+    """The toy backend on a machine that was busy while the first int8 rounds ran."""
+
+    name = "busy"
+    priority = 1
+    calls = 0
+
+    def latency(self, model: ToyNet, inputs: Any) -> float:
+        value = super().latency(model, inputs)
+        if model.plan is not None:
+            BusyOnce.calls += 1
+            if BusyOnce.calls <= 4:  # the warm-up and the first rounds of the first measurement
+                value *= 3.0
+        return value
+
+
+@pytest.fixture
+def busy_once() -> Iterator[None]:
+    registry.register(BusyOnce)
+    BusyOnce.calls = 0
+    yield
+    registry.unregister(BusyOnce.name)
+
+
+def test_one_busy_measurement_is_re_measured_before_any_op_falls_back(busy_once):
+    q = fit(toy_net())
+    assert q.backend == "busy"
+    assert q.report["fallback"] == []
+    assert q.plan.quantized_ops() == ["conv1", "conv2", "mm", "add"]
+    assert q.report["speed"]["rounds"] == 10  # first measurement said slower: measured again
+    assert q.guard_warnings == []
+
+
+class NoLatency(ToyBackend):
+    name = "nolatency"
+    priority = 1
+
+    def latency(self, model: Any, inputs: Any) -> float:
+        raise NotImplementedError("this backend does not measure latency")
+
+
+def test_a_backend_without_latency_skips_the_speed_guard_and_says_so():
+    registry.register(NoLatency)
+    try:
+        q = fit(toy_net(types=("Add", "Add", "Add", "Conv")))
+    finally:
+        registry.unregister(NoLatency.name)
+    assert q.report["speed"] == {"skipped": "backend 'nolatency' has no latency"}
+    assert q.plan.quantized_ops() == ["add1", "add2", "add3", "conv"]
+
+
+# -- the fidelity guard ----------------------------------------------------------------------
+
+
+def outlier_net() -> ToyNet:
+    """conv2 writes one channel 100x larger than the rest, and mm reads that channel with a tiny
+    weight: mm's per-tensor int8 input is all outlier and its output loses the other channels
+    (the outlier-channel problem SmoothQuant addresses). conv1 and conv2 quantize well."""
+    net = toy_net()
+    layers = list(net.layers)
+    conv2 = layers[1].weight.copy()
+    conv2[:, 0] *= 100.0
+    mm = layers[2].weight.copy()
+    mm[0, :] *= 0.01
+    layers[1] = ToyLayer("conv2", "Conv", conv2)
+    layers[2] = ToyLayer("mm", "MatMul", mm)
+    return ToyNet(tuple(layers))
+
+
+def test_below_the_threshold_the_most_sensitive_ops_fall_back_until_it_holds():
+    net = outlier_net()
+    unguarded = fit(net, guards=False)
+    assert unguarded.report["fallback"] == [] and unguarded.guard_warnings == []
+
+    q = fit(net)
+    fid = q.report["fidelity"]
+    assert fid["before"]["sqnr_db"] < MIN_SQNR_DB
+    assert fid["holds"] is True and fid["sqnr_db"] >= MIN_SQNR_DB
+    ranked = [row["op"] for row in fid["ranked"]]
+    sqnr = [row["sqnr_db"] for row in fid["ranked"]]
+    assert sqnr == sorted(sqnr)
+    assert ranked[0] == "mm" and sqnr[0] < MIN_SQNR_DB < sqnr[-1]
+    fell = fallback(q, "fidelity")
+    assert fell == ["mm"]  # 1 op was enough; doubling would have gone on to 2, 4
+    assert [s["fp32_ops"] for s in fid["steps"]] == [1]
+    assert q.report["fallback"][0]["sqnr_db"] == sqnr[0]
+    assert q.plan.float_ops() == ["mm"]
+    (message,) = q.guard_warnings
+    assert "kept the" in message and "most sensitive op(s) in fp32" in message
+
+
+def test_fidelity_fallback_doubles_1_2_4_ops_in_sqnr_order_until_it_holds():
+    net = toy_net(types=("Conv", "Conv", "Conv", "MatMul", "Conv"))
+    weights = [layer.weight.copy() for layer in net.layers]
+    weights[0][:, 0] *= 100.0  # two outlier channels: conv2 and mm read them
+    weights[1][0, :] *= 0.01
+    weights[2][:, 1] *= 100.0
+    weights[3][1, :] *= 0.01
+    net = ToyNet(
+        tuple(
+            ToyLayer(layer.name, layer.type, w)
+            for layer, w in zip(net.layers, weights, strict=True)
+        )
+    )
+    q = fit(net)
+    fid = q.report["fidelity"]
+    assert [s["fp32_ops"] for s in fid["steps"]] == [1, 2, 4]
+    assert [s["holds"] for s in fid["steps"]] == [False, False, True]
+    ranked = [row["op"] for row in fid["ranked"]]
+    assert fallback(q, "fidelity") == ranked[:4]
+    assert {"conv2", "mm"} <= set(ranked[:4])
+    assert q.plan.quantized_ops() == ["conv1"]  # the op that quantizes well stays int8
+
+
+def test_fidelity_report_says_what_was_compared_and_against_what():
+    q = fit(toy_net())  # 4 batches of 16, fewer samples than calibration_sampling_size
+    fid = q.report["fidelity"]
+    assert fid["held_out"] == "last calibration batches"
+    assert (fid["held_out_batches"], fid["held_out_samples"]) == (1, 16)
+    assert fid["threshold"] == {"sqnr_db": 15.0, "agreement": 0.95}
+    assert fid["holds"] is True
+    assert {"cosine", "sqnr_db", "agreement", "outputs"} <= set(fid)
+    assert fid["outputs"][0]["output"] == "output0"
+
+
+def test_the_held_out_batch_never_reaches_calibration():
+    batches = calib_batches()
+    guarded = quantization.fit(
+        toy_net(), PostTrainingQuantConfig(approach="static"), calib_dataloader=batches
+    )
+    by_hand = quantization.fit(
+        toy_net(),
+        PostTrainingQuantConfig(approach="static", guards=False),
+        calib_dataloader=batches[:3],
+    )
+    assert guarded.model.ranges == by_hand.model.ranges
+
+
+def test_split_calibration_takes_held_out_data_from_beyond_the_sampling_size():
+    batches = [np.full((10, 2), i, dtype=np.float32) for i in range(6)]
+    data = split_calibration(batches, 25)
+    assert [len(b) for b in data.calib] == [10, 10, 5]
+    assert data.how == "beyond calibration"
+    # the rest of the cut batch, then whole batches until 16 samples
+    assert [len(b) for b in data.held_out] == [5, 10, 10]
+    assert data.held_out[0][0, 0] == 2 and data.held_out[1][0, 0] == 3
+
+    within = split_calibration(batches, 100)
+    assert (len(within.calib), len(within.held_out), within.how) == (
+        5,
+        1,
+        "last calibration batches",
+    )
+    single = split_calibration(batches[:1], 100)
+    assert single.how == "calibration batch reused"
+    assert single.held_out[0] is single.calib[0]
+
+
+def test_metrics_by_output_kind():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1, (32, 10))
+    noisy = logits + rng.normal(0, 0.01, logits.shape)
+    assert sqnr_db(logits, noisy) == pytest.approx(40, abs=1.0)
+    assert sqnr_db(logits, logits) == 200.0  # clamped: JSON has no infinity
+    assert sqnr_db(logits, np.full_like(logits, np.nan)) == -200.0
+    assert agreement(logits, noisy) > 0.95
+    assert agreement(logits, -logits) == 0.0
+    # a class output with noisy values but the same ranking holds by agreement
+    scaled = compare([logits], [logits * 1.5])
+    assert scaled["sqnr_db"] < MIN_SQNR_DB and scaled["agreement"] == 1.0 and scaled["holds"]
+    # a vector output (no class axis) has no agreement and is judged by SQNR alone
+    flat = compare([{"score": logits[:, 0]}], [{"score": logits[:, 0] * 1.5}])
+    assert flat["agreement"] is None and not flat["holds"]
+    assert flat["outputs"][0]["output"] == "score"
+
+
+# -- per-op diagnosis, report, inc.json ------------------------------------------------------
+
+
+def test_op_report_rows_carry_sqnr_db_and_runs_as():
+    q = fit(toy_net(types=("Add", "Add", "Add", "Conv")))
+    rows = {row["op"]: row for row in q.op_report()}
+    assert isinstance(rows["conv"]["sqnr_db"], float) and rows["conv"]["sqnr_db"] > 20
+    assert rows["conv"]["runs_as"] == "Conv (int8)"
+    assert rows["add1"]["sqnr_db"] is None  # fp32 ops have no quantization error
+    assert rows["add1"]["runs_as"] == "Add (fp32)"
+    assert q.report["per_op"] == q.op_report()
+    json.dumps(q.report, allow_nan=False)  # strict JSON: no NaN or Infinity
+
+
+def test_guard_report_and_sqnr_db_survive_save_and_load(mlp, calib_loader, tmp_path):
+    q = quantization.fit(
+        mlp, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib_loader
+    )
+    assert all(isinstance(row["sqnr_db"], float) for row in q.op_report())
+    q.save(tmp_path / "q")
+    manifest = json.loads((tmp_path / "q" / "inc.json").read_text())
+    assert manifest["op_report"] == q.op_report()
+    for key in ("speed", "fallback", "fidelity", "op_diagnosis", "guard_seconds"):
+        assert key in manifest["report"], key
+    loaded = load(tmp_path / "q")
+    assert loaded.op_report() == q.op_report()
+    assert loaded.report["speed"] == q.report["speed"]
+
+
+def test_tuning_fills_speed_fallback_and_diagnosis_without_changing_the_choice(
+    mlp, calib_loader, tmp_path
+):
+    def eval_func(model: Any) -> float:
+        return 1.0
+
+    conf = PostTrainingQuantConfig(approach="static")
+    q = quantization.fit(
+        mlp, conf, calib_dataloader=calib_loader, eval_func=eval_func, workspace=tmp_path
+    )
+    assert q.plan.quantized_ops() == ["fc1", "fc2"]
+    assert q.report["fallback"] == []
+    assert q.report["fidelity"] == {"skipped": "the evaluation given to fit decided (tuning)"}
+    assert {"fp32_ms", "int8_ms", "batch"} <= set(q.report["speed"])
+    assert all(isinstance(row["sqnr_db"], float) for row in q.report["per_op"])
+    assert "tuning" in q.report
