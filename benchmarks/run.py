@@ -1,8 +1,9 @@
 """Run one package's benchmark and rebuild BENCHMARKS.md from every package's results.
 
-Usage: ``python benchmarks/run.py <pkg>`` (ort, torch, tf, mxnet), or ``--collect`` to only merge.
-Each ``benchmarks/<pkg>.py`` times fp32, inc int8 and the peer's int8 in one process and writes
-``benchmarks/results/<pkg>.md``; this script stitches those into BENCHMARKS.md.
+Usage: ``python benchmarks/run.py <pkg>`` (ort, torch, tf, mxnet, models), or ``--collect`` to only
+merge. Each ``benchmarks/<pkg>.py`` (``benchmarks/models/bench.py`` for the validated-model corpus)
+times fp32, inc int8 and the peer's int8 in one process and writes ``benchmarks/results/<pkg>.md``;
+this script stitches those into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ("ort", "torch", "tf", "mxnet")
-TITLES = {"ort": "ONNX Runtime", "torch": "PyTorch", "tf": "TensorFlow / Keras", "mxnet": "MXNet"}
+ORDER = ("models", "ort", "torch", "tf", "mxnet")
+TITLES = {
+    "models": "Validated models",
+    "ort": "ONNX Runtime",
+    "torch": "PyTorch",
+    "tf": "TensorFlow / Keras",
+    "mxnet": "MXNet",
+}
+# the corpus benchmark is a package of its own (runners per framework); the others are one file
+SCRIPTS = {"models": HERE / "models" / "bench.py"}
 
 
 def cpu_model() -> str:
@@ -36,7 +45,7 @@ def collect() -> Path:
         "",
         "Written by `benchmarks/run.py` from `benchmarks/results/*.md`; each table was timed in one",
         "process (fp32, inc int8 and the peer's int8 on the same inputs). Re-run one package with",
-        "`./run-tests -e bench-<pkg>` (ort, torch, tf, mxnet).",
+        "`./run-tests -e bench-<pkg>` (ort, torch, tf, mxnet; models for the real-model corpus).",
         "",
         f"Machine of the last collection: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
         "",
@@ -57,7 +66,7 @@ def collect() -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("package", nargs="?", help="ort, torch, tf or mxnet (a bench-<pkg> env name works too)")
+    parser.add_argument("package", nargs="?", help="ort, torch, tf, mxnet or models (a bench-<pkg> env name works too)")
     parser.add_argument("--collect", action="store_true", help="only merge results into BENCHMARKS.md")
     args, rest = parser.parse_known_args()
     if args.package:
@@ -65,7 +74,7 @@ def main() -> None:
         if args.package not in ORDER:
             parser.error(f"unknown package {args.package!r}; choose from {', '.join(ORDER)}")
     if args.package and not args.collect:
-        sys.argv = [str(HERE / f"{args.package}.py"), *rest]
+        sys.argv = [str(SCRIPTS.get(args.package, HERE / f"{args.package}.py")), *rest]
         runpy.run_path(sys.argv[0], run_name="__main__")
     print(f"wrote {collect()}")
 

