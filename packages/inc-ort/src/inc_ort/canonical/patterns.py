@@ -1,0 +1,263 @@
+"""Exporter-decomposed LayerNorm and GELU, rewritten as the fused op onnxruntime runs as one
+kernel. The fused node takes the name of the pattern's first node."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._runtime import onnx
+from ._graph import Graph, Outcome, attrs, label
+
+MS = "com.microsoft"
+
+
+def _scalar(g: Graph, node: onnx.NodeProto, tensor: str) -> tuple[float, str] | None:
+    """(constant scalar operand, the other operand) of a binary node reading ``tensor``."""
+    if len(node.input) != 2 or tensor not in node.input:
+        return None
+    other = node.input[1] if node.input[0] == tensor else node.input[0]
+    k = g.const(other)
+    if k is None or k.size != 1:
+        return None
+    return float(k.reshape(-1)[0]), other
+
+
+def _only(g: Graph, tensor: str, op: str) -> onnx.NodeProto | None:
+    node = g.sole_consumer(tensor)
+    return (
+        node if node is not None and node.op_type == op and node.domain in ("", "ai.onnx") else None
+    )
+
+
+def _axes(g: Graph, node: onnx.NodeProto) -> list[int] | None:
+    a = attrs(node)
+    if "axes" in a:
+        return list(a["axes"])  # type: ignore[call-overload]
+    if len(node.input) > 1 and node.input[1]:
+        k = g.const(node.input[1])
+        return None if k is None else [int(v) for v in k.reshape(-1)]
+    return None
+
+
+def _layernorm_at(g: Graph, rm1: onnx.NodeProto) -> tuple[list[onnx.NodeProto], dict] | None:
+    x = rm1.input[0]
+    axes = _axes(g, rm1)
+    if axes is None or not attrs(rm1).get("keepdims", 1):
+        return None
+    rank = g.rank(x)
+    if rank is not None:
+        axes = sorted(a % rank for a in axes)
+        if axes != list(range(rank - len(axes), rank)):
+            return None
+        axis = -len(axes)
+    elif axes == [-1]:
+        axis = -1
+    else:
+        return None
+    sub = _only(g, rm1.output[0], "Sub")
+    if sub is None or list(sub.input) != [x, rm1.output[0]]:
+        return None
+    d = sub.output[0]
+    users = g.consumers(d)
+    if not g.free(d) or len(users) != 2:
+        return None
+    sq = next(
+        (u for u in users if u.op_type == "Pow" and (_scalar(g, u, d) or (0.0,))[0] == 2.0), None
+    )
+    if sq is None:
+        sq = next((u for u in users if u.op_type == "Mul" and list(u.input) == [d, d]), None)
+    div = next((u for u in users if u.op_type == "Div" and u.input[0] == d), None)
+    if sq is None or div is None:
+        return None
+    rm2 = _only(g, sq.output[0], "ReduceMean")
+    if rm2 is None or _axes(g, rm2) != _axes(g, rm1):
+        return None
+    add = _only(g, rm2.output[0], "Add")
+    eps = _scalar(g, add, rm2.output[0]) if add is not None else None
+    sqrt = _only(g, add.output[0], "Sqrt") if add is not None else None
+    if eps is None or sqrt is None or g.sole_consumer(sqrt.output[0]) is not div:
+        return None
+    nodes = [rm1, sub, sq, rm2, add, sqrt, div]
+    out, gamma, beta = div.output[0], None, None
+    mul = _only(g, out, "Mul")
+    if mul is not None:
+        other = mul.input[1] if mul.input[0] == out else mul.input[0]
+        if g.const(other) is not None:
+            gamma, out = g.const(other), mul.output[0]
+            nodes.append(mul)
+            bias = _only(g, out, "Add")
+            if bias is not None:
+                other = bias.input[1] if bias.input[0] == out else bias.input[0]
+                if g.const(other) is not None:
+                    beta, out = g.const(other), bias.output[0]
+                    nodes.append(bias)
+    return nodes, {"x": x, "axis": axis, "eps": eps[0], "gamma": gamma, "beta": beta}
+
+
+def _norm_shape(g: Graph, x: str, axis: int) -> list[int] | None:
+    shape = g.shapes.get(x)
+    if shape is None:
+        return None
+    dims = shape[axis:]
+    return None if any(not isinstance(d, int) or d <= 0 for d in dims) else list(dims)  # type: ignore[misc]
+
+
+def _param(
+    value: np.ndarray | None, shape: list[int] | None, fill: float, axis: int
+) -> np.ndarray | None:
+    """A LayerNormalization scale/bias of the normalized shape, or None when it is not one."""
+    if value is None:
+        return None if shape is None else np.full(shape, fill, np.float32)
+    squeezed = value.reshape(
+        value.shape[next((i for i, d in enumerate(value.shape) if d != 1), value.ndim) :]
+    )
+    if shape is not None:
+        try:
+            return np.broadcast_to(value, shape).astype(value.dtype).copy()
+        except ValueError:
+            return None
+    return squeezed if squeezed.ndim == -axis else None
+
+
+def layernorm(g: Graph) -> Outcome:
+    version = next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    found, done = [], []
+    for node in g.nodes():
+        if node.op_type == "ReduceMean" and not g.is_dead(node):
+            match = _layernorm_at(g, node)
+            if match is None:
+                continue
+            nodes, m = match
+            if version < 17:
+                found.append(label(node))
+                continue
+            shape = _norm_shape(g, m["x"], m["axis"])
+            gamma = _param(m["gamma"], shape, 1.0, m["axis"])
+            beta = _param(m["beta"], shape, 0.0, m["axis"]) if m["beta"] is not None else None
+            if gamma is None or (m["beta"] is not None and beta is None):
+                continue
+            last = nodes[-1]
+            inputs = [m["x"], g.add_const(f"{label(node)}_scale", gamma.astype(np.float32))]
+            if beta is not None:
+                inputs.append(g.add_const(f"{label(node)}_bias", beta.astype(np.float32)))
+            fused = onnx.helper.make_node(
+                "LayerNormalization", inputs, [last.output[0]], name=node.name,
+                axis=m["axis"], epsilon=m["eps"],
+            )  # fmt: skip
+            for n in nodes:
+                g.kill(n)
+            g.graph.node.append(fused)
+            done.append(label(node))
+    g.commit()
+    detail = {"left_decomposed": found, "reason": f"opset {version} < 17"} if found else {}
+    return Outcome(done, detail)
+
+
+def _gelu_tail(
+    g: Graph, x: str, plus_one: onnx.NodeProto
+) -> tuple[list[onnx.NodeProto], str] | None:
+    """``0.5 * x * (1 + f)`` around the Add(1) node: the nodes after it and the output tensor."""
+    p = plus_one.output[0]
+    mul = _only(g, p, "Mul")
+    if mul is None:
+        return None
+    other = mul.input[1] if mul.input[0] == p else mul.input[0]
+    if other == x:  # (x * (1+f)) * 0.5
+        half = _only(g, mul.output[0], "Mul")
+        k = _scalar(g, half, mul.output[0]) if half is not None else None
+        if half is None or k is None or not math.isclose(k[0], 0.5, rel_tol=1e-6):
+            return None
+        return [mul, half], half.output[0]
+    half = g.producer.get(other)  # (x * 0.5) * (1+f)
+    k = _scalar(g, half, x) if half is not None and half.op_type == "Mul" else None
+    if half is None or k is None or not math.isclose(k[0], 0.5, rel_tol=1e-6):
+        return None
+    if g.sole_consumer(half.output[0]) is not mul:
+        return None
+    return [half, mul], mul.output[0]
+
+
+def _gelu_erf(g: Graph, erf: onnx.NodeProto) -> tuple[list[onnx.NodeProto], str, str] | None:
+    scale = g.producer.get(erf.input[0])
+    if (
+        scale is None
+        or scale.op_type not in ("Div", "Mul")
+        or g.sole_consumer(erf.input[0]) is not erf
+    ):
+        return None
+    x = next((i for i in scale.input if not g.is_const(i)), None)
+    k = _scalar(g, scale, x) if x is not None else None
+    want = math.sqrt(2.0) if scale.op_type == "Div" else 1 / math.sqrt(2.0)
+    if k is None or x is None or not math.isclose(k[0], want, rel_tol=1e-4):
+        return None
+    add = _only(g, erf.output[0], "Add")
+    one = _scalar(g, add, erf.output[0]) if add is not None else None
+    if add is None or one is None or one[0] != 1.0:
+        return None
+    tail = _gelu_tail(g, x, add)
+    if tail is None:
+        return None
+    return [scale, erf, add, *tail[0]], x, tail[1]
+
+
+def _gelu_tanh(g: Graph, tanh: onnx.NodeProto) -> tuple[list[onnx.NodeProto], str, str] | None:
+    outer = g.producer.get(tanh.input[0])  # sqrt(2/pi) * (x + 0.044715 x^3)
+    if outer is None or outer.op_type != "Mul" or g.sole_consumer(tanh.input[0]) is not tanh:
+        return None
+    inner = next((i for i in outer.input if not g.is_const(i)), "")
+    k = _scalar(g, outer, inner)
+    add = g.producer.get(inner)
+    if k is None or not math.isclose(k[0], math.sqrt(2 / math.pi), rel_tol=1e-4) or add is None:
+        return None
+    if add.op_type != "Add" or g.sole_consumer(inner) is not outer:
+        return None
+    for x, cube_t in (add.input, add.input[::-1]):
+        coef = g.producer.get(cube_t)
+        if coef is None or coef.op_type != "Mul" or g.sole_consumer(cube_t) is not add:
+            continue
+        cube_in = next((i for i in coef.input if not g.is_const(i)), "")
+        c = _scalar(g, coef, cube_in)
+        cube = g.producer.get(cube_in)
+        if c is None or not math.isclose(c[0], 0.044715, rel_tol=1e-4) or cube is None:
+            continue
+        p = _scalar(g, cube, x) if cube.op_type == "Pow" else None
+        if p is None or p[0] != 3.0 or g.sole_consumer(cube_in) is not coef:
+            continue
+        plus = _only(g, tanh.output[0], "Add")
+        one = _scalar(g, plus, tanh.output[0]) if plus is not None else None
+        if plus is None or one is None or one[0] != 1.0:
+            return None
+        tail = _gelu_tail(g, x, plus)
+        if tail is None:
+            return None
+        return [cube, coef, add, outer, tanh, plus, *tail[0]], x, tail[1]
+    return None
+
+
+def gelu(g: Graph) -> Outcome:
+    """Erf GELU -> ``com.microsoft::Gelu``; tanh GELU -> ``com.microsoft::FastGelu`` (the
+    contrib kernels onnxruntime's CPU provider runs at any opset)."""
+    done = []
+    for node in g.nodes():
+        if g.is_dead(node):
+            continue
+        if node.op_type == "Erf":
+            match, op = _gelu_erf(g, node), "Gelu"
+        elif node.op_type == "Tanh":
+            match, op = _gelu_tanh(g, node), "FastGelu"
+        else:
+            continue
+        if match is None:
+            continue
+        nodes, x, out = match
+        fused = onnx.helper.make_node(op, [x], [out], name=nodes[0].name, domain=MS)
+        for n in nodes:
+            g.kill(n)
+        g.graph.node.append(fused)
+        done.append(label(nodes[0]))
+    if done and not any(o.domain == MS for o in g.model.opset_import):
+        g.model.opset_import.append(onnx.helper.make_opsetid(MS, 1))
+    g.commit()
+    return Outcome(done)
