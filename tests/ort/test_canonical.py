@@ -215,3 +215,54 @@ def test_graph_view_keeps_order_topological_after_moves() -> None:
     for node in model.graph.node:
         assert all(name in seen for name in node.input)
         seen.update(node.output)
+
+
+# ----------------------------------------------------------------- real converter output
+
+AFFINE_OPS = ("Mul", "Add", "Sub", "Div", "BatchNormalization")
+
+
+def convs_before_affine(model: onnx.ModelProto) -> list[str]:
+    """Weighted ops whose only reader (past Transposes) is a float affine op with a constant."""
+    inits = {i.name for i in model.graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
+            continue
+        users = readers.get(node.output[0], [])
+        while len(users) == 1 and users[0].op_type == "Transpose":
+            users = readers.get(users[0].output[0], [])
+        user = users[0] if len(users) == 1 else None
+        affine = user is not None and user.op_type in AFFINE_OPS
+        if affine and (user.op_type == "BatchNormalization" or any(i in inits for i in user.input)):
+            found.append(node.name)
+    return found
+
+
+@pytest.mark.parametrize("name", ["ppocr-cls", "ppocrv4-rec", "ppocrv4-det"])
+def test_paddle2onnx_ppocr_models(name: str) -> None:
+    """PP-OCR from the rapidocr-onnxruntime wheel (requirements/ort-nodeps.txt): same outputs on
+    real inputs, no conv left before an affine op, every tensor typed (rec needs the runtime
+    probe: onnx's inference leaves tensors untyped and the symbolic one fails)."""
+    from tests.corpus.onnx_models import MODELS
+
+    corpus = MODELS[name]
+    model = onnx.load(str(corpus.path()))
+    out, report = canonicalize(model)
+    assert convs_before_affine(model)
+    assert convs_before_affine(out) == []
+    assert all(e["skipped"] is None for e in report), report
+    assert shapes._untyped(out) == []
+    feeds = corpus.batches("eval", 1)[0]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    got = ort.InferenceSession(out.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    for x, y in zip(ref.run(None, feeds), got.run(None, feeds), strict=True):
+        assert float(np.abs(x - y).max()) <= 1e-4 * max(float(np.abs(x).max()), 1e-6)
