@@ -419,3 +419,72 @@ def encode(texts: list[str], max_length: int = 64) -> dict[str, np.ndarray]:
         "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
         "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
     }
+
+
+# --------------------------------------------------------------------------- ResNet-like
+
+
+def resnet_like(seed: int = 0, size: int = 32, classes: int = 10) -> onnx.ModelProto:
+    """A ResNet-shaped graph as torch.onnx writes it (BN folded into the convs): Conv/Relu,
+    residual Add + Relu, strided 1x1 shortcuts, GlobalAveragePool, Flatten, Gemm. He-initialised
+    weights: the structure is what the planning tests check, the numbers only need to be sane."""
+    rng = np.random.default_rng(seed)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(value.astype(np.float32), name))
+        return name
+
+    def conv(x: str, cin: int, cout: int, k: int, stride: int, name: str, relu: bool) -> str:
+        w = rng.normal(0.0, (2.0 / (cin * k * k)) ** 0.5, (cout, cin, k, k))
+        b = rng.normal(0.0, 0.1, cout)
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, const(f"{name}.weight", w), const(f"{name}.bias", b)],
+                [f"{name}_out"],
+                name=name,
+                kernel_shape=[k, k],
+                strides=[stride, stride],
+                pads=[k // 2] * 4,
+            )
+        )
+        if not relu:
+            return f"{name}_out"
+        nodes.append(
+            helper.make_node("Relu", [f"{name}_out"], [f"{name}_relu"], name=f"{name}_relu")
+        )
+        return f"{name}_relu"
+
+    x, channels = conv("input", 3, 16, 3, 1, "stem", relu=True), 16
+    for stage, width in enumerate((16, 32, 64)):
+        for block in range(2):
+            stride = 2 if block == 0 and stage > 0 else 1
+            p = f"layer{stage}.{block}"
+            y = conv(x, channels, width, 3, stride, f"{p}.conv1", relu=True)
+            y = conv(y, width, width, 3, 1, f"{p}.conv2", relu=False)
+            shortcut = x
+            if stride != 1 or channels != width:
+                shortcut = conv(x, channels, width, 1, stride, f"{p}.downsample", relu=False)
+            nodes.append(helper.make_node("Add", [y, shortcut], [f"{p}_sum"], name=f"{p}.add"))
+            nodes.append(helper.make_node("Relu", [f"{p}_sum"], [f"{p}_out"], name=f"{p}.relu"))
+            x, channels = f"{p}_out", width
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["pooled"], name="avgpool"))
+    nodes.append(helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"))
+    fc_w = const("fc.weight", rng.normal(0.0, 0.1, (classes, channels)))
+    fc_b = const("fc.bias", np.zeros(classes))
+    nodes.append(helper.make_node("Gemm", ["flat", fc_w, fc_b], ["logits"], name="fc", transB=1))
+    graph = helper.make_graph(
+        nodes,
+        "resnet_like",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="inc-tests"
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -21,9 +21,10 @@ from inc_core.space import (
     TensorRanges,
 )
 
-from . import cleanup, graph, model_io, planner, providers, recipes
+from . import cleanup, graph, kernels, model_io, planner, providers, recipes
 from ._runtime import check_supported, onnx, ort
 from .calibrate import collect_ranges, tensors_to_observe
+from .calibrate import session as exposing_session
 from .feeds import to_feed
 from .quantizer import IncQDQQuantizer, IncQOperatorQuantizer, run
 
@@ -177,6 +178,7 @@ class OrtBackend(Backend):
                 work = run(quantizer)
                 if not qoperator:
                     cleanup.strip_output_qdq(work)
+                cleanup.keep_float(work, {n for n, op in plan.ops.items() if not op.quantized})
             if nodes.dynamic:
                 if any(plan.op_types[n] == "Gemm" for n in nodes.dynamic):
                     # onnxruntime's own Gemm rewrite renames the nodes; ours keeps the names
@@ -239,6 +241,33 @@ class OrtBackend(Backend):
 
     def model_size(self, model: onnx.ModelProto) -> int:
         return int(model.ByteSize())
+
+    def op_outputs(
+        self, model: onnx.ModelProto, inputs: Any, ops: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        exposed, tensors = kernels.exposed_outputs(model, ops)
+        if not tensors:
+            return {}
+        names = list(dict.fromkeys(tensors.values()))
+        feed = to_feed(model, inputs, "op outputs")
+        values = exposing_session(exposed, names).run(names, feed)
+        by_tensor = dict(zip(names, values, strict=True))
+        return {
+            op: by_tensor[tensor]
+            for op, tensor in tensors.items()
+            if np.issubdtype(np.asarray(by_tensor[tensor]).dtype, np.floating)
+        }
+
+    def runs_as(self, model: onnx.ModelProto) -> dict[str, str]:
+        optimized = kernels.optimized_graph(model, providers.providers_for(self.config_backend))
+        if optimized is None:
+            return {}
+        nodes = [
+            n for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+        ]
+        ops = [kernels.origin(n.name) for n in nodes]
+        outputs = {n.output[0]: op for n, op in zip(nodes, ops, strict=True) if n.output}
+        return kernels.runs_as(optimized, dict.fromkeys(ops), outputs)
 
     # ------------------------------------------------------------------ files
     def save(self, model: onnx.ModelProto, directory: Path) -> list[str]:

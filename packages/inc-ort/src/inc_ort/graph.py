@@ -142,7 +142,9 @@ def int8_region(model: onnx.ModelProto, candidates: Sequence[onnx.NodeProto]) ->
             return False
         if node.name in anchors or node.name in region:
             return True
-        return node.op_type in FOLLOW_OPS and bool(node.input) and from_int8(node.input[0], depth + 1)
+        return (
+            node.op_type in FOLLOW_OPS and bool(node.input) and from_int8(node.input[0], depth + 1)
+        )
 
     def to_int8(tensor: str, depth: int = 0) -> bool:
         for node in consumers.get(tensor, []):

@@ -1,0 +1,119 @@
+"""Fusion-aware planning: every op inc plans int8 runs as an int8 kernel in onnxruntime, tensors
+stay int8 between int8 ops, and each op's output can be read back for its sqnr_db."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from inc_core import PostTrainingQuantConfig, quantization
+from inc_core import backend as registry
+from inc_ort import kernels
+
+from . import models
+
+
+@pytest.fixture(scope="module")
+def resnet() -> onnx.ModelProto:
+    return models.resnet_like()
+
+
+@pytest.fixture(scope="module")
+def batches() -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    return [rng.random((4, 3, 32, 32), dtype=np.float32) for _ in range(3)]
+
+
+def _int8_ops_not_running_int8(q) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    runs = registry.by_name("onnxrt").runs_as(q.model)
+    return {
+        op: runs.get(op, "missing")
+        for op in q.plan.quantized_ops()
+        if not kernels.is_int8(runs.get(op, ""))
+    }
+
+
+@pytest.mark.parametrize("quant_format", ["QDQ", "QOperator"])
+def test_every_op_planned_int8_runs_as_an_int8_kernel(resnet, batches, quant_format):
+    conf = PostTrainingQuantConfig(approach="static", quant_format=quant_format)
+    q = quantization.fit(resnet, conf, calib_dataloader=batches)
+    planned = q.plan.quantized_ops()
+    assert {
+        "stem",
+        "layer0.0.conv2",
+        "layer1.0.downsample",
+        "layer1.0.add",
+        "avgpool",
+        "fc",
+    } <= set(planned)
+    assert _int8_ops_not_running_int8(q) == {}
+
+
+def test_digits_cnn_int8_ops_run_as_int8_kernels(cnn, calib):
+    q = quantization.fit(cnn, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib)
+    assert _int8_ops_not_running_int8(q) == {}
+
+
+def test_residual_adds_are_int8_but_not_a_transformers_residual_before_layernorm(resnet, minilm):
+    backend = registry.by_name("onnxrt")
+    conf = PostTrainingQuantConfig()
+    resnet_ops = {op.name: op.type for op in backend.ops(backend.load_model(resnet, conf))}
+    assert [n for n, t in resnet_ops.items() if t == "Add"] == [
+        f"layer{s}.{b}.add" for s in range(3) for b in range(2)
+    ]
+    minilm_types = {op.type for op in backend.ops(backend.load_model(minilm, conf))}
+    assert "Add" not in minilm_types and "Mul" not in minilm_types
+    assert "MatMul" in minilm_types
+
+
+def test_a_conv_writing_a_graph_output_still_runs_as_qlinearconv(resnet, batches):
+    # cut the graph after the first residual block: its last conv's output is the graph output
+    model = onnx.ModelProto()
+    model.CopyFrom(resnet)
+    keep = []
+    for node in model.graph.node:
+        keep.append(node)
+        if node.name == "layer0.0.conv2":
+            break
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    del model.graph.output[:]
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info(
+            "layer0.0.conv2_out", onnx.TensorProto.FLOAT, ["N", 16, 32, 32]
+        )
+    )
+    q = quantization.fit(
+        model, PostTrainingQuantConfig(approach="static"), calib_dataloader=batches
+    )
+    runs = registry.by_name("onnxrt").runs_as(q.model)
+    assert runs["layer0.0.conv2"] == "QLinearConv"
+
+
+def test_runs_as_shows_the_ops_a_rule_keeps_in_fp32(resnet, batches):
+    fp32 = {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": ["fp32"]}}
+    conf = PostTrainingQuantConfig(approach="static", op_name_dict={"layer1.1.conv1": fp32})
+    q = quantization.fit(resnet, conf, calib_dataloader=batches)
+    runs = registry.by_name("onnxrt").runs_as(q.model)
+    assert not kernels.is_int8(runs["layer1.1.conv1"]), runs["layer1.1.conv1"]
+    assert runs["layer1.1.conv1"].endswith("(fp32)")
+    assert _int8_ops_not_running_int8(q) == {}
+
+
+@pytest.mark.parametrize("quant_format", ["QDQ", "QOperator"])
+def test_op_outputs_of_fp32_and_int8_models_line_up(resnet, batches, quant_format):
+    backend = registry.by_name("onnxrt")
+    conf = PostTrainingQuantConfig(approach="static", quant_format=quant_format)
+    q = quantization.fit(resnet, conf, calib_dataloader=batches)
+    fp32_model = backend.load_model(resnet, conf)
+    ops = q.plan.quantized_ops()
+    fp32 = backend.op_outputs(fp32_model, batches[0], ops)
+    int8 = backend.op_outputs(q.model, batches[0], ops)
+    assert set(fp32) == set(ops)
+    assert set(int8) == set(ops)
+    for op in ops:
+        assert fp32[op].shape == int8[op].shape, op
+        noise = float(np.sum((fp32[op] - int8[op]) ** 2))
+        sqnr = 10 * np.log10(float(np.sum(fp32[op] ** 2)) / max(noise, 1e-30))
+        assert 15.0 < sqnr < 80.0, (op, sqnr)  # int8 rounding is there, and small
