@@ -18,6 +18,9 @@ from .backend import Backend
 #: rounds per measurement, and ``latency`` calls of the batch per model per round
 ROUNDS = 5
 CALLS = 3
+#: a measurement may stop after this many rounds when all of them are CLEAR away from the margin
+MIN_ROUNDS = 3
+CLEAR = 0.15
 #: int8 counts as "not faster" at >= 97% of fp32's time, a margin above the few percent
 #: by which medians of the same model drift between rounds on a busy 2-core machine
 NOT_FASTER = 0.97
@@ -55,37 +58,49 @@ class Timing:
         return Timing(self.fp32 + other.fp32, self.model + other.model)
 
 
+def _clear(ratios: Sequence[float]) -> bool:
+    """Every ratio at least ``CLEAR`` below or above ``NOT_FASTER``, all on the same side."""
+    return all(r <= NOT_FASTER * (1 - CLEAR) for r in ratios) or all(
+        r >= NOT_FASTER * (1 + CLEAR) for r in ratios
+    )
+
+
 class Bench:
     """Times candidates against ``fp32`` on one batch through ``backend.latency``.
 
-    ``latency`` raising ``NotImplementedError`` propagates: the guard reports it and skips.
+    No separate warm-up run: a slow first round (session creation, kernel selection) is one
+    ratio among several and the median leaves it out. ``latency`` raising
+    ``NotImplementedError`` propagates: the guard reports it and skips.
     """
 
     def __init__(self, backend: Backend, fp32: Any, batch: Any, calls: int = CALLS) -> None:
         self.backend = backend
         self.fp32 = fp32
         self.inputs: Sequence[Any] = [batch] * calls
-        # first runs create sessions, pick kernels and fill caches: not the model's speed
-        backend.latency(fp32, [batch])
-        self.calls = 1
+        self.calls = 0
 
     def time(self, model: Any, rounds: int = ROUNDS) -> Timing:
-        self.backend.latency(model, self.inputs[:1])  # warm-up, as for fp32
-        self.calls += 1
+        """Interleaved rounds; after ``MIN_ROUNDS`` it stops early when every ratio so far is
+        clearly on one side of the margin (more rounds could not change the decision)."""
         timing = Timing()
         for _ in range(rounds):
             timing.fp32.append(float(self.backend.latency(self.fp32, self.inputs)))
             timing.model.append(float(self.backend.latency(model, self.inputs)))
             self.calls += 2
+            if len(timing.fp32) >= MIN_ROUNDS and _clear(timing.ratios):
+                break
         return timing
 
     def confirmed(self, model: Any, first: Timing, slower_than: float) -> tuple[bool, Timing]:
-        """Whether ``model`` measures at ratio >= ``slower_than`` again in a second measurement
-        (the first one said so); returns the answer and both measurements merged."""
+        """Whether a second measurement again puts ``model`` at ratio >= ``slower_than`` (the
+        first said so). Returns the answer and the timing to report: both measurements merged
+        when they agree, else the second (the first was a busy stretch)."""
         second = self.time(model)
-        return second.ratio >= slower_than, first + second
+        agree = second.ratio >= slower_than
+        return agree, first + second if agree else second
 
     def confirmed_below(self, model: Any, first: Timing, limit: float) -> tuple[bool, Timing]:
-        """Whether ``model`` measures at ratio <= ``limit`` again in a second measurement."""
+        """Whether a second measurement again puts ``model`` at ratio <= ``limit``."""
         second = self.time(model)
-        return second.ratio <= limit, first + second
+        agree = second.ratio <= limit
+        return agree, first + second if agree else second

@@ -1,0 +1,67 @@
+"""The default guards hold for every backend: the report keys, per-op sqnr_db, and the switch."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any
+
+from inc_core import PostTrainingQuantConfig, load, quantization
+from inc_core.errors import GuardWarning
+from inc_core.fidelity import MIN_SQNR_DB
+
+WHY = {"slower", "fidelity"}
+
+
+def default_fit(kit: Any, **conf: Any) -> tuple[Any, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GuardWarning)
+        q = quantization.fit(
+            kit.model, PostTrainingQuantConfig(**conf), calib_dataloader=kit.calib_loader
+        )
+    return q, [str(w.message) for w in caught if issubclass(w.category, GuardWarning)]
+
+
+def test_default_fit_reports_speed_fallback_and_fidelity(kit):
+    q, _ = default_fit(kit)
+    speed = q.report["speed"]
+    assert {"fp32_ms", "int8_ms", "batch"} <= set(speed), speed
+    assert speed["fp32_ms"] > 0 and speed["int8_ms"] > 0 and speed["batch"] >= 1
+    assert isinstance(q.report["fallback"], list)
+    for row in q.report["fallback"]:
+        assert isinstance(row["op"], str) and row["op"] in q.plan.ops
+        assert row["why"] in WHY
+        assert not q.plan.ops[row["op"]].quantized  # what fell back runs in fp32
+    fidelity = q.report["fidelity"]
+    assert fidelity["held_out_batches"] >= 1
+    assert fidelity["holds"] is True, fidelity  # the kits' models quantize well
+    assert fidelity["sqnr_db"] >= MIN_SQNR_DB or fidelity["agreement"] >= 0.95
+    json.dumps(q.report, allow_nan=False)
+
+
+def test_op_report_has_sqnr_db_for_quantized_ops_and_inc_json_keeps_it(kit, tmp_path):
+    q, _ = default_fit(kit)
+    rows = q.op_report()
+    assert all("sqnr_db" in row and "runs_as" in row for row in rows)
+    quantized = [row for row in rows if row["op"] in q.plan.quantized_ops()]
+    assert quantized, "the kit's model keeps int8 ops under the default guards"
+    measured = [row["sqnr_db"] for row in quantized if row["sqnr_db"] is not None]
+    assert measured and all(isinstance(v, float) for v in measured), (
+        "Backend.op_outputs gives no per-op outputs: every quantized op's sqnr_db is unknown"
+    )
+    assert all(row["sqnr_db"] is None for row in rows if row not in quantized)
+    assert all(isinstance(row["runs_as"], str) for row in rows)
+    q.save(tmp_path / "q")
+    manifest = json.loads((tmp_path / "q" / "inc.json").read_text())
+    assert manifest["op_report"] == rows
+    assert manifest["report"]["speed"] == q.report["speed"]
+    assert manifest["report"]["fallback"] == q.report["fallback"]
+    assert load(tmp_path / "q").op_report() == rows
+
+
+def test_guards_off_gives_no_fallback_and_no_warning(kit):
+    q, caught = default_fit(kit, guards=False)
+    assert q.report["fallback"] == []
+    assert caught == []
+    assert q.report["speed"] == {"skipped": "guards=False"}
+    assert q.report["fidelity"] == {"skipped": "guards=False"}
