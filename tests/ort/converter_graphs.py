@@ -254,7 +254,7 @@ def torch_layernorm(opset: int = 17, hidden: int = 16) -> onnx.ModelProto:
     )
 
 
-def torch_gelu(kind: str = "erf") -> onnx.ModelProto:
+def torch_gelu(kind: str = "erf", opset: int = 13) -> onnx.ModelProto:
     """``0.5 * x * (1 + erf(x / sqrt 2))`` as torch.onnx writes it, or the tanh form."""
     inits = [_init("one", np.array(1.0, np.float32)), _init("half", np.array(0.5, np.float32))]
     if kind == "erf":
@@ -287,6 +287,7 @@ def torch_gelu(kind: str = "erf") -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", F, ["batch", 7])],
         [helper.make_tensor_value_info("y", F, ["batch", 7])],
         inits,
+        opset=opset,
     )
 
 

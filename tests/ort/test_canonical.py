@@ -161,12 +161,20 @@ def test_layernorm_below_opset_17_is_reported_not_rewritten() -> None:
     assert entry["detail"] == {"left_decomposed": ["/ln/ReduceMean"], "reason": "opset 13 < 17"}
 
 
-@pytest.mark.parametrize(("kind", "op"), [("erf", "Gelu"), ("tanh", "FastGelu")])
-def test_decomposed_gelu_becomes_contrib_op(kind: str, op: str) -> None:
-    model = cg.torch_gelu(kind)
+@pytest.mark.parametrize(
+    ("kind", "opset", "op", "domain"),
+    [
+        ("erf", 13, "Gelu", "com.microsoft"),
+        ("tanh", 13, "FastGelu", "com.microsoft"),
+        ("erf", 20, "Gelu", ""),
+        ("tanh", 20, "Gelu", ""),
+    ],
+)
+def test_decomposed_gelu_becomes_fused_op(kind: str, opset: int, op: str, domain: str) -> None:
+    model = cg.torch_gelu(kind, opset)
     out, report = canonicalize(model)
     _same_outputs(model, out, rtol=1e-4 if kind == "tanh" else 1e-5)
-    assert [(n.op_type, n.domain) for n in out.graph.node] == [(op, "com.microsoft")]
+    assert [(n.op_type, n.domain) for n in out.graph.node] == [(op, domain)]
     assert _step(report, "gelu")["rewrites"] == 1
 
 

