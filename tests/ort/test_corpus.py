@@ -19,7 +19,11 @@ CASES = {
     "ppocrv4-rec": 0.95,  # decoded-symbol agreement of the CTC recogniser (issue 11: 4% today)
     "ppocrv4-det": 0.90,  # mask IoU of the DB text-probability map
 }
-BATCHES = {"ppocr-cls": (4, 4), "ppocrv4-rec": (4, 4), "ppocrv4-det": (2, 2)}  # (calib, eval)
+BATCHES = {
+    "ppocr-cls": (4, 4),
+    "ppocrv4-rec": (2, 2),
+    "ppocrv4-det": (2, 2),
+}  # (calib, eval) batches
 
 
 def run(model: str | bytes, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
