@@ -42,7 +42,7 @@ from inc_core.space import (
     TensorRanges,
 )
 
-from . import convert, qat
+from . import convert, diagnose, qat
 from . import layers as kl
 from .points import patch, points, tensors
 from .runtime import IoSpec, TfLiteModel
@@ -266,13 +266,39 @@ class TfBackend(Backend):
         return keras.tree.map_structure(np.asarray, out)
 
     def latency(self, model: Any, inputs: Sequence[Any]) -> float:
+        """Median seconds per batch. fp32 runs the Keras model as Keras serves it (one
+        ``tf.function``, traced for this call), int8 the interpreter; both are warmed once per
+        call on the first batch (tracing, tensor allocation) and nothing else is kept."""
+        if isinstance(model, TfLiteModel):
+            feeds = [model._feeds(batch) for batch in inputs]
+
+            def run(feed: Any) -> Any:
+                return model._run(feed)
+        else:
+            graph = tf.function(lambda xs: model(xs, training=False), reduce_retracing=True)
+            feeds = [self._arrays(model, batch) for batch in inputs]
+            feeds = [arrays if len(arrays) > 1 else arrays[0] for arrays in feeds]
+
+            def run(feed: Any) -> Any:
+                return keras.tree.map_structure(np.asarray, graph(feed))
+
+        if not feeds:
+            raise DataError("latency needs at least one batch")
+        run(feeds[0])
         times = []
-        for batch in inputs:
-            self.predict(model, batch)  # warm: allocation, tracing
+        for feed in feeds:
             start = time.perf_counter()
-            self.predict(model, batch)
+            run(feed)
             times.append(time.perf_counter() - start)
         return float(statistics.median(times))
+
+    def op_outputs(self, model: Any, inputs: Any, ops: Sequence[str]) -> dict[str, Any]:
+        if isinstance(model, TfLiteModel):
+            return diagnose.tflite_outputs(model, inputs, ops)
+        return diagnose.keras_outputs(model, self._arrays(model, inputs), ops)
+
+    def runs_as(self, model: Any) -> dict[str, str]:
+        return diagnose.runs_as(model) if isinstance(model, TfLiteModel) else {}
 
     def model_size(self, model: Any) -> int:
         if isinstance(model, TfLiteModel):

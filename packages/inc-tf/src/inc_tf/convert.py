@@ -4,6 +4,9 @@ The TFLite converter honours FakeQuant min/max (its quantization-aware-training 
 scales in the ``.tflite`` file are the TensorFlow convention's scales for inc's calibrated
 ranges, not ranges the converter measured itself. Layers the plan keeps in float get no
 FakeQuant; the converter leaves them in float32 with Quantize/Dequantize around them.
+
+Every op's layer runs inside a name scope ``inc_op.<layer name>`` while it is traced, so the
+TFLite tensors it produces carry the op's name (``diagnose`` maps ops to tensors by it).
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from inc_core.space import QuantPlan, TensorRange
 
 from . import fakequant as fq
 from . import layers as kl
-from .points import Point, patch, points
+from .points import Point, patch, points, tensors
 from .runtime import IoSpec
+
+#: name scope prefix of each op's layer in the traced graph: ``inc_op.<layer name>``
+MARKER = "inc_op."
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,10 @@ def io_spec(model: keras.Model) -> IoSpec:
         input_dtypes=[str(np.dtype(t.dtype)) for t in model.inputs],
         outputs=keys,
         output_kind=kind,
+        op_shapes={
+            layer.name: [None if d is None else int(d) for d in layer.output.shape[1:]]
+            for layer in kl.quantizable(model)
+        },
     )
 
 
@@ -133,5 +143,40 @@ def quantize(
         if layer.name in found and found[layer.name].weight is not None
     }
     patch(copy, found, FrozenQuantizer(ranges, kernels))
+    mark(copy, plan, found)
     spec = io_spec(copy)
     return to_tflite(copy, spec, quantized=bool(found)), spec
+
+
+def mark(copy: keras.Model, plan: QuantPlan, found: Mapping[str, Point]) -> None:
+    """Run each op's layer of ``copy`` (patched or not) in its ``inc_op.<name>`` name scope;
+    end a float op whose output an int8 op reads with a float barrier (see ``_barrier``)."""
+    quantized = set(tensors(copy, found)) if found else set()
+    for layer in kl.quantizable(copy):
+        if layer.name not in plan.ops:
+            continue
+        call = layer.call if "call" in vars(layer) else kl.original_call(layer)
+        barrier = layer.name not in found and layer.name in quantized
+        layer.call = _marked(MARKER + layer.name, call, barrier)
+
+
+def _marked(scope: str, call: Any, barrier: bool) -> Any:
+    def marked(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        with tf.name_scope(scope):
+            out = call(inputs, *args, **kwargs)
+            return _barrier(out) if barrier else out
+
+    return marked
+
+
+def _barrier(x: Any) -> Any:
+    """``x`` itself, computed by a float op the converter can neither remove nor quantize.
+
+    The converter turns an op into int8 when its input and output tensors both carry
+    FakeQuant ranges, even where the plan keeps it in float: a float conv between two int8
+    ops, or before a pooling op whose output an int8 op reads. With this op after it, the
+    float op's output has no range, so it stays float; the int8 consumer gets a Quantize.
+    A mean over a new axis of size 1 is exact and is not folded away (``x + 0``, ``x * 1``
+    and identities are; an added constant is even folded into the next op's bias).
+    """
+    return tf.reduce_mean(tf.expand_dims(x, -1), axis=-1)

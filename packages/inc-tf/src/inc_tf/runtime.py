@@ -10,7 +10,7 @@ import os
 import threading
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,9 @@ class IoSpec:
     input_dtypes: list[str]
     outputs: list[str]
     output_kind: str  # "single", "list" or "dict"
+    #: each op's output shape without the batch dimension (None: any size), as Keras has it;
+    #: the converter may keep an op's output flattened (reshape pairs folded)
+    op_shapes: dict[str, list[int | None]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
