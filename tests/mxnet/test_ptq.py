@@ -18,6 +18,9 @@ from . import models
 
 
 def _quantize(net, calib, **conf):
+    # these tests check planning, rules and ranges; the default guards (held to the contract by
+    # tests/conformance) would add fallbacks that depend on how loaded the machine is
+    conf.setdefault("guards", False)
     return quantization.fit(
         net, PostTrainingQuantConfig(approach="static", **conf), calib_dataloader=calib
     )

@@ -142,6 +142,8 @@ class MxnetBackend(Backend):
 
         fused = self._fuse(model)
         _, tensors = quantize_symbol(model, fused, plan.float_ops())
+        if not tensors:  # every op in fp32: nothing to calibrate
+            return {}
         downstream = consumers(fused)
         observers = {t: create_observer(self._requested(plan, downstream, t)[0]) for t in tensors}
         batches = (as_inputs(batch, model.data_names) for batch in dataloader)
@@ -219,6 +221,28 @@ class MxnetBackend(Backend):
             run(block, batch)
             times.append(time.perf_counter() - start)
         return float(np.median(times))
+
+    def op_outputs(self, model: Any, inputs: Any, ops: Sequence[str]) -> dict[str, Any]:
+        from .diagnose import fused_view, op_outputs
+        from .model import FloatGraph
+        from .runtime import GraphBlock, as_inputs
+
+        names = self._data_names(model)
+        feeds = as_inputs(inputs, names)
+        if isinstance(model, FloatGraph):
+            # fused as oneDNN runs it, so an op's output is its fused node's (conv + bn + relu)
+            symbol, (args, auxs) = self._fuse(model).symbol, (model.arg_params, model.aux_params)
+        elif isinstance(model, GraphBlock):
+            symbol, (args, auxs) = fused_view(model.graph), model.arrays()
+        else:
+            return {}
+        return op_outputs(symbol, names, args, auxs, feeds, ops)
+
+    def runs_as(self, model: Any) -> dict[str, str]:
+        from .diagnose import fused_view, runs_as
+        from .runtime import GraphBlock
+
+        return runs_as(fused_view(model.graph)) if isinstance(model, GraphBlock) else {}
 
     def model_size(self, model: Any) -> int:
         from .model import FloatGraph
