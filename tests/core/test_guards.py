@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inc_core import PostTrainingQuantConfig, load, quantization
+from inc_core import PostTrainingQuantConfig, load, quantization, speed
 from inc_core import backend as registry
 from inc_core.data import split_calibration
 from inc_core.errors import ConfigError, GuardWarning
@@ -121,7 +121,7 @@ class BusyOnce(ToyBackend):
         value = super().latency(model, inputs)
         if model.plan is not None:
             BusyOnce.calls += 1
-            if BusyOnce.calls <= 3:  # the rounds of the first measurement
+            if BusyOnce.calls <= speed.MIN_ROUNDS:  # the rounds of the first measurement
                 value *= 3.0
         return value
 
@@ -139,8 +139,8 @@ def test_one_busy_measurement_is_re_measured_before_any_op_falls_back(busy_once)
     assert q.backend == "busy"
     assert q.report["fallback"] == []
     assert q.plan.quantized_ops() == ["conv1", "conv2", "mm", "add"]
-    # 3 clearly slower rounds, then a second measurement of 3 clearly faster ones
-    assert q.report["speed"]["rounds"] == 3  # the second measurement is the one reported
+    # clearly slower rounds, then a second measurement of clearly faster ones
+    assert q.report["speed"]["rounds"] == speed.MIN_ROUNDS  # the second one is reported
     assert q.report["speed"]["int8_ms"] == pytest.approx(2.9)
     assert q.guard_warnings == []
 
@@ -333,3 +333,12 @@ def test_tuning_fills_speed_fallback_and_diagnosis_without_changing_the_choice(
     assert {"fp32_ms", "int8_ms", "batch"} <= set(q.report["speed"])
     assert all(isinstance(row["sqnr_db"], float) for row in q.report["per_op"])
     assert "tuning" in q.report
+
+
+def test_a_dense_map_is_compared_by_sqnr_not_by_argmax_along_its_width():
+    rng = np.random.default_rng(0)
+    prob_map = rng.random((2, 1, 16, 16))
+    logits = rng.random((4, 10))
+    per_position = rng.random((2, 5, 30))
+    result = compare([[prob_map, logits, per_position]], [[prob_map, logits, per_position]])
+    assert ["agreement" in row for row in result["outputs"]] == [False, True, True]

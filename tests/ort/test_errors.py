@@ -134,9 +134,15 @@ def test_supported_onnxruntime_range_is_pinned():
     assert extras["gpu"] == [f"onnxruntime-gpu{pin}"]
 
 
-def test_opset_below_10_is_a_model_error_not_a_silent_conversion(cnn, calib):
+def test_opset_below_10_is_converted_on_a_copy_and_said(cnn, calib, caplog):
+    # tf2onnx wrote opset 9 for years (Yahoo's open_nsfw ResNet in the corpus is one)
     old = onnx.ModelProto()
     old.CopyFrom(cnn)
     old.opset_import[0].version = 9
-    with pytest.raises(ModelError, match=r"opset 9.*convert_version"):
-        quantization.fit(old, STATIC, calib_dataloader=calib)
+    before = old.SerializeToString()
+    with caplog.at_level("WARNING"):
+        q = quantization.fit(old, STATIC, calib_dataloader=calib)
+    assert old.SerializeToString() == before
+    assert "opset 9" in caplog.text and "opset 13" in caplog.text
+    assert {o.version for o in q.model.opset_import if o.domain in ("", "ai.onnx")} == {13}
+    assert q.plan.quantized_ops()

@@ -88,8 +88,10 @@ def cosine(reference: Any, test: Any) -> float:
 
 
 def is_class_output(array: np.ndarray) -> bool:
-    """Shaped ``(..., C)`` with ``C >= 2`` and at least one position: argmax means something."""
-    return array.ndim >= 2 and array.shape[-1] >= 2
+    """Logits ``(N, C)`` or per-position scores ``(N, T, C)`` with ``C >= 2``: argmax along the
+    last axis means something. A rank-4 map (``(N, C, H, W)``: a segmentation or probability map)
+    has its channels elsewhere and its last axis is a width, so it is compared by SQNR alone."""
+    return array.ndim in (2, 3) and array.shape[-1] >= 2
 
 
 def agreement(reference: np.ndarray, test: np.ndarray) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from . import cleanup, graph, kernels, model_io, planner, providers, recipes
 from ._runtime import check_supported, onnx, ort
 from .calibrate import collect_ranges, tensors_to_observe
 from .calibrate import session as exposing_session
+from .canonical import canonicalize
 from .feeds import to_feed
 from .quantizer import IncQDQQuantizer, IncQOperatorQuantizer, run
 
@@ -46,6 +48,8 @@ _MATMUL_WEIGHT = TensorOptions(
     dtype=("int8",), scheme=("sym",), granularity=("per_channel", "per_tensor")
 )
 _DYNAMIC_ACTIVATION = TensorOptions(dtype=("uint8",), scheme=("asym",), algorithm=("minmax",))
+
+log = logging.getLogger(__name__)
 
 #: metadata key recording which graph optimization level load_model applied
 _OPT_KEY = "inc.graph_optimization_level"
@@ -71,6 +75,7 @@ class OrtBackend(Backend):
     def __init__(self) -> None:
         self.config_backend = "default"
         self._sessions: dict[int, tuple[Any, Any]] = {}
+        self._warmed: set[int] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         # InferenceSessions do not pickle; a process pool gets the backend without them.
@@ -79,6 +84,7 @@ class OrtBackend(Backend):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.config_backend = state["config_backend"]
         self._sessions = {}
+        self._warmed = set()
 
     # ------------------------------------------------------------------ model in
     @classmethod
@@ -102,11 +108,7 @@ class OrtBackend(Backend):
     def load_model(self, model: Any, conf: Any) -> onnx.ModelProto:
         proto = model_io.load(model)
         model_io.check(proto, str(model) if isinstance(model, (str, Path)) else "the ModelProto")
-        if graph.opset(proto) < 10:
-            raise ModelError(
-                f"the model uses opset {graph.opset(proto)}, which has no QuantizeLinear; inc keeps "
-                "your opset, so convert it first: onnx.version_converter.convert_version(model, 13)"
-            )
+        proto = graph.with_quantizable_opset(proto)
         recipe = dict(getattr(conf, "recipes", {}) or {})
         return prepare(proto, recipe)
 
@@ -204,9 +206,13 @@ class OrtBackend(Backend):
         key = id(model)
         cached = self._sessions.get(key)
         if cached is not None and cached[0] is model:
+            self._sessions[key] = self._sessions.pop(key)  # most recently used last
             return cached[1]
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # Idle sessions must not spin: the guards time an fp32 and an int8 session in turn, and
+        # spinning worker threads of one steal the cores of the other.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if model.ByteSize() >= model_io.PROTOBUF_LIMIT:
             raise ModelError(
                 "models over 2 GB run from a saved folder: QuantizedModel.save() then load()"
@@ -217,7 +223,8 @@ class OrtBackend(Backend):
             providers=providers.providers_for(self.config_backend),
         )
         if len(self._sessions) >= 4:
-            self._sessions.pop(next(iter(self._sessions)))
+            _, evicted = self._sessions.pop(next(iter(self._sessions)))
+            self._warmed.discard(id(evicted))
         self._sessions[key] = (model, sess)
         return sess
 
@@ -231,7 +238,9 @@ class OrtBackend(Backend):
     def latency(self, model: onnx.ModelProto, inputs: Sequence[Any]) -> float:
         sess = self.session(model)
         feeds = [to_feed(model, batch, "latency input") for batch in inputs]
-        sess.run(None, feeds[0])
+        if id(sess) not in self._warmed:  # the first run of a session picks its kernels
+            sess.run(None, feeds[0])
+            self._warmed.add(id(sess))
         times = []
         for feed in feeds:
             start = time.perf_counter()
@@ -284,7 +293,14 @@ def prepare(proto: onnx.ModelProto, recipe: dict[str, Any]) -> onnx.ModelProto:
     """The graph inc quantizes: named nodes, optimized by onnxruntime, recipes' rewrites applied."""
     graph.ensure_names(proto)
     level = recipe.get("graph_optimization_level", "ENABLE_BASIC")
-    optimized = graph.optimize(proto, level)
+    # DISABLE_ALL is the user's way of saying "quantize my graph as it is"
+    canonical, steps = (proto, []) if level == "DISABLE_ALL" else canonicalize(proto)
+    for step in steps:
+        if step["rewrites"]:
+            log.info("canonicalised %s: %d rewrites", step["step"], step["rewrites"])
+        elif step["skipped"] and not step["skipped"].startswith("nothing"):
+            log.info("canonicalisation step %s skipped: %s", step["step"], step["skipped"])
+    optimized = graph.optimize(canonical, level)
     graph.restore_names(optimized, proto)
     graph.ensure_names(optimized)
     if recipe.get("gemm_to_matmul"):

@@ -23,13 +23,14 @@ def tensors_to_observe(model: onnx.ModelProto, types: Iterable[str]) -> list[str
     """Float activations around the ops that may be quantized (inputs and outputs)."""
     wanted_types = set(types) | set(graph.FOLLOW_OPS)
     consts = graph.constants(model)
-    floats = graph.float_tensors(model)
+    # a tensor shape inference could not type is observed too; run time tells its dtype
+    others = graph.non_float_tensors(model)
     names: list[str] = []
     for node in model.graph.node:
         if node.op_type not in wanted_types:
             continue
         for name in (*node.input, *node.output):
-            if name and name not in consts and name in floats and name not in names:
+            if name and name not in consts and name not in others and name not in names:
                 names.append(name)
     return names
 
@@ -101,7 +102,12 @@ def collect_ranges(
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
 
+    seen: set[str] = set()
+
     def visit(name: str, value: np.ndarray) -> None:
+        if not np.issubdtype(value.dtype, np.floating):
+            return
+        seen.add(name)
         if name in observers:
             if not np.all(np.isfinite(value)):
                 raise DataError(
@@ -119,9 +125,13 @@ def collect_ranges(
     run_batches(model, dataloader, tensors, visit)
     ranges: TensorRanges = {}
     for name, observer in observers.items():
+        if name not in seen:
+            continue
         lo, hi = observer.range()
         ranges[name] = TensorRange.of(lo, hi)
     for name in mean_names:
+        if name not in sums:
+            continue
         mean = sums[name] / counts[name]
         ranges[MEAN_PREFIX + name] = TensorRange.of(mean, mean)
     return ranges

@@ -61,6 +61,8 @@ def keep_float(model: onnx.ModelProto, names: set[str]) -> list[str]:
     DQ that onnxruntime's weight quantization looks for. In place; returns the ops changed.
     """
     graph = model.graph
+    if graphs.opset(model) < 13:  # DequantizeLinear takes an axis from opset 13 on
+        return []
     producers = {o: n for n in graph.node for o in n.output}
     inits = {i.name: i for i in graph.initializer}
     changed = []

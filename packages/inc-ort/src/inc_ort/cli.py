@@ -78,6 +78,11 @@ def parser() -> argparse.ArgumentParser:
         help="default, onnxrt_cuda_ep, onnxrt_trt_ep, onnxrt_dnnl_ep, onnxrt_dml_ep",
     )
     q.add_argument("--device", default=None, help="cpu, gpu or npu (default: the backend's first)")
+    q.add_argument(
+        "--report",
+        action="store_true",
+        help="print each op: int8 or fp32, the kernel onnxruntime runs for it, its sqnr_db",
+    )
     return p
 
 
@@ -134,7 +139,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"wrote {', '.join(written)} to {args.output.parent}: {len(quantized)} of {len(q.plan.ops)} ops int8"
     )
+    speed = q.report.get("speed", {})
+    if "fp32_ms" in speed:
+        print(
+            f"batch {speed.get('batch')}: fp32 {speed['fp32_ms']:.2f} ms, "
+            f"int8 {speed['int8_ms']:.2f} ms ({speed['fp32_ms'] / speed['int8_ms']:.2f}x)"
+        )
+    for row in q.report.get("fallback", []):
+        print(f"kept in fp32: {row['op']} ({row['why']})")
+    if args.report:
+        print(op_table(q.op_report()))
     return 0
+
+
+def op_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The op report as aligned text columns: op, type, approach, runs as, sqnr_db."""
+    lines = [("op", "type", "approach", "runs as", "sqnr_db")]
+    for row in rows:
+        sqnr = row.get("sqnr_db")
+        lines.append(
+            (
+                str(row["op"]),
+                str(row["type"]),
+                str(row["approach"]),
+                str(row.get("runs_as") or "-"),
+                "-" if sqnr is None else f"{sqnr:.1f}",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(5)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

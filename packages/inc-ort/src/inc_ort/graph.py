@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -12,6 +13,8 @@ from inc_core.errors import ModelError
 
 from ._runtime import onnx, ort
 from .model_io import PROTOBUF_LIMIT
+
+log = logging.getLogger(__name__)
 
 #: ops with a weight: int8 matrix products pay off here
 WEIGHTED_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -51,6 +54,49 @@ GRAPH_OPTIMIZATION_LEVELS = {
 def opset(model: onnx.ModelProto) -> int:
     """The default-domain opset version."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+#: the opset inc converts older models to: QuantizeLinear needs 10, per-channel DQ (axis) 13
+QUANTIZABLE_OPSET = 13
+
+
+def with_quantizable_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` itself, or a copy converted to opset 13 when its opset is older.
+
+    QuantizeLinear needs opset 10 and per-channel weights (DequantizeLinear's axis) opset 13;
+    tf2onnx wrote opset 9 for years, paddle2onnx writes 11 or 12. The int8 model then carries
+    opset 13, and a warning says so. Below 10 a failed conversion is an error; from 10 on inc
+    keeps the model's own opset (per-tensor weights only) and says why.
+    """
+    found = opset(model)
+    if found >= QUANTIZABLE_OPSET:
+        return model
+    try:
+        converted = onnx.version_converter.convert_version(model, QUANTIZABLE_OPSET)
+        onnx.checker.check_model(converted)
+    except Exception as exc:
+        if found >= 10:
+            log.warning(
+                "the model uses opset %d and onnx could not convert it to opset %d (%s): weights "
+                "are quantized per tensor (per-channel needs opset 13)",
+                found,
+                QUANTIZABLE_OPSET,
+                exc,
+            )
+            return model
+        raise ModelError(
+            f"the model uses opset {found}, which has no QuantizeLinear, and onnx could not convert "
+            f"it to opset {QUANTIZABLE_OPSET} ({exc}); convert it first: "
+            f"onnx.version_converter.convert_version(model, {QUANTIZABLE_OPSET})"
+        ) from exc
+    log.warning(
+        "the model uses opset %d: inc quantizes a copy converted to opset %d (per-channel weights "
+        "need it), and the int8 model carries opset %d",
+        found,
+        QUANTIZABLE_OPSET,
+        QUANTIZABLE_OPSET,
+    )
+    return converted
 
 
 def constants(model: onnx.ModelProto) -> set[str]:
@@ -318,16 +364,26 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def float_tensors(model: onnx.ModelProto) -> set[str]:
-    """Names of float32 tensors (graph inputs, outputs and intermediates) after shape inference."""
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor name -> ONNX element type, for the tensors shape inference could type."""
     try:
         inferred = (
             onnx.shape_inference.infer_shapes(model) if model.ByteSize() < PROTOBUF_LIMIT else model
         )
     except Exception:
         inferred = model
-    names = set()
+    found = {}
     for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
-            names.add(vi.name)
-    return names
+        if vi.type.tensor_type.elem_type:
+            found[vi.name] = vi.type.tensor_type.elem_type
+    return found
+
+
+def float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of float32 tensors (graph inputs, outputs and intermediates) after shape inference."""
+    return {n for n, t in tensor_types(model).items() if t == onnx.TensorProto.FLOAT}
+
+
+def non_float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of tensors shape inference knows to be of another type than float32."""
+    return {n for n, t in tensor_types(model).items() if t != onnx.TensorProto.FLOAT}

@@ -164,7 +164,9 @@ def adjusted_ranges(model: onnx.ModelProto, ranges: TensorRanges) -> dict[str, t
     A Relu/Clip whose input feeds only it is folded into the Q of its input, so that input is
     quantized with the activation's output range; a Softmax output spans [0, 1].
     """
-    plain = {k: (float(v.min), float(v.max)) for k, v in ranges.items() if ":" not in k}
+    # inc's own entries (bias-correction means, SmoothQuant scales) are "inc.<kind>:<tensor>";
+    # tensor names may hold ":" themselves (tf2onnx writes "input:0")
+    plain = {k: (float(v.min), float(v.max)) for k, v in ranges.items() if not k.startswith("inc.")}
     consumers = _consumers(model)
     for node in model.graph.node:
         if node.op_type in ("Relu", "Clip") and len(consumers.get(node.input[0], [])) == 1:

@@ -212,6 +212,16 @@ def _rewire(
             node.output[0] = chain.last
 
 
+def _only_a_bias(node: onnx.NodeProto, chain: _Chain) -> bool:
+    """A MatMul's lone bias Add: folding would rewrite it into the same Add."""
+    return (
+        node.op_type == "MatMul"
+        and len(chain.ops) == 1
+        and chain.ops[0].op_type == "Add"
+        and not chain.transposes
+    )
+
+
 def fold_affine(g: Graph) -> Outcome:
     """Fold every foldable chain (one pass: a fold touches only its own chain's nodes)."""
     done = []
@@ -221,7 +231,7 @@ def fold_affine(g: Graph) -> Outcome:
         if node.op_type == "MatMul" and g.is_const(node.input[0]):
             continue
         chain = _follow(g, node)
-        if chain is None:
+        if chain is None or _only_a_bias(node, chain):
             continue
         _fold(g, node, chain)
         done.append(f"{label(node)} <- {', '.join(op.op_type for op in chain.ops)}")
