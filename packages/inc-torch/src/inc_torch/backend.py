@@ -18,8 +18,8 @@ from inc_core.backend import Backend
 from inc_core.errors import BackendNotAvailable, DataError, DeviceNotAvailable, ModelError
 from inc_core.space import Capability, OpInfo, QuantPlan, TensorRanges
 
-from . import _ops, build, capability, io, qat, smooth_quant, static
-from ._data import call, example_args, to_numpy
+from . import _ops, build, capability, diagnosis, io, qat, smooth_quant, static
+from ._data import as_args, call, example_args, to_numpy
 from .qconfig import ENGINES, Settings, quantized_engine
 
 
@@ -132,14 +132,30 @@ class TorchBackend(Backend):
             return to_numpy(call(model, inputs))
 
     def latency(self, model: nn.Module, inputs: Sequence[Any]) -> float:
+        # inputs become tensors before timing (the same for fp32 and int8); each input shape is
+        # run once untimed first: an int8 FX model traces and freezes itself per shape, and
+        # oneDNN/FBGEMM pack weights and pick kernels at a shape's first call
+        batches = [as_args(batch) for batch in inputs]
         times = []
         with torch.no_grad(), quantized_engine(_qengine_of(model)):
-            call(model, inputs[0])  # warm-up: weight packing, allocator
-            for batch in inputs:
+            seen: set[Any] = set()
+            for args, kwargs in batches:
+                shape = _signature(args, kwargs)
+                if shape not in seen:
+                    seen.add(shape)
+                    model(*args, **kwargs)
+            for args, kwargs in batches:
                 start = time.perf_counter()
-                call(model, batch)
+                model(*args, **kwargs)
                 times.append(time.perf_counter() - start)
         return float(np.median(times))
+
+    def op_outputs(self, model: nn.Module, inputs: Any, ops: Sequence[str]) -> dict[str, Any]:
+        # an fp32 model is read after the fusions of the engine its int8 models will use
+        return diagnosis.op_outputs(model, inputs, ops, ENGINES[self._config_backend][0])
+
+    def runs_as(self, model: nn.Module) -> dict[str, str]:
+        return diagnosis.runs_as(model)
 
     def model_size(self, model: nn.Module) -> int:
         buffer = _io.BytesIO()
@@ -175,6 +191,15 @@ def _qengine_of(model: nn.Module) -> str:
 
     info = info_of(model)
     return Settings.of(info.plan).qengine if info else torch.backends.quantized.engine
+
+
+def _signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Input shapes and dtypes (what makes a call of the same model take another path)."""
+    values = list(args) + [v for _, v in sorted(kwargs.items())]
+    return tuple(
+        (tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else type(v).__name__
+        for v in values
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from torch import nn
+from torch import fx, nn
 
 from inc_core.space import QuantPlan, TensorRanges
 
-from . import dynamic, frozen, smooth_quant, static
+from . import dynamic, frozen, fusion, smooth_quant, static
 from . import layout as channels_last
 from .info import QuantInfo, attach
 from .qconfig import Settings, quantized_engine
@@ -54,4 +54,6 @@ def quantize(
         dynamic.apply(work, plan, settings)
     if smooth:
         smooth_quant.install(work, smooth)
+    if not isinstance(work, fx.GraphModule):
+        info.tails = fusion.tails(model, list(plan.ops), settings.qengine)
     return attach(frozen.enable(work), info)

@@ -16,8 +16,10 @@ runs the Python graph as before.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -137,3 +139,18 @@ def of(module: nn.Module) -> FrozenForward | None:
     """The module's frozen-trace forward, if ``enable`` gave it one."""
     fast = module.__dict__.get("forward")
     return fast if isinstance(fast, FrozenForward) else None
+
+
+@contextlib.contextmanager
+def python_graph(module: nn.Module) -> Iterator[None]:
+    """Calls of ``module`` run its Python graph inside the block (so forward hooks on its
+    submodules fire); the frozen-trace ``forward`` is back afterwards, at no cost per call."""
+    fast = of(module)
+    if fast is None:
+        yield
+        return
+    object.__setattr__(module, "forward", fast.graph_forward)
+    try:
+        yield
+    finally:
+        object.__setattr__(module, "forward", fast)

@@ -28,6 +28,9 @@ class QuantInfo:
     layout: dict[str, list[int]] | None = None
     #: one batch of real inputs, used to trace a TorchScript copy at save time (not saved)
     example_inputs: tuple[Any, ...] | None = None
+    #: non-FX models: op -> the BatchNorm/ReLU steps FX would fuse after it (``fusion.tails``),
+    #: so per-op outputs match the fp32 model's fused ones (derived, not saved)
+    tails: dict[str, list[str] | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.ao.quantization import FakeQuantizeBase, QuantWrapper
 from torch.ao.quantization import convert as eager_convert
@@ -53,7 +54,12 @@ class Prepared:
 
 def backend_config(settings: Settings) -> Any:
     """The FX backend config of the engine, for prepare and convert alike."""
-    return get_onednn_backend_config() if settings.qengine == "onednn" else get_x86_backend_config()
+    return engine_config(settings.qengine)
+
+
+def engine_config(qengine: str) -> Any:
+    """The FX backend config of torch's quantized engine ``qengine``."""
+    return get_onednn_backend_config() if qengine == "onednn" else get_x86_backend_config()
 
 
 class _Flatten(nn.Module):
@@ -74,6 +80,28 @@ def _traceable_flattens(model: nn.Module) -> None:
     for name, module in list(model.named_modules()):
         if type(module) is nn.Flatten:
             _ops.set_submodule(model, name, _Flatten(module.start_dim, module.end_dim))
+
+
+class _FloatPReLU(nn.PReLU):
+    """``nn.PReLU`` that FX traces into an ``F.prelu`` call, which stays float.
+
+    torch's FX lowering turns every ``dequantize -> nn.PReLU -> quantize`` (a float PReLU
+    between two int8 ops) into its quantized PReLU, and fails doing so without a qconfig for
+    the PReLU; with one, that kernel gives wrong results (torch 2.13: positive inputs are
+    scaled by the slope too, e.g. 5.6 -> 2.2 with slopes in [0, 0.4]; tests/torch).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.prelu(x, self.weight)
+
+
+def _float_prelus(model: nn.Module) -> None:
+    """Swap ``model``'s ``nn.PReLU`` modules (a copy's) for ``_FloatPReLU``, same weights."""
+    for name, module in list(model.named_modules()):
+        if type(module) is nn.PReLU:
+            swapped = _FloatPReLU.__new__(_FloatPReLU)
+            swapped.__dict__ = dict(module.__dict__)
+            _ops.set_submodule(model, name, swapped)
 
 
 @contextlib.contextmanager
@@ -133,6 +161,7 @@ def _prepare_fx(
 ) -> Prepared:
     mapping = static_mapping(plan, settings, qat=qat)
     _traceable_flattens(model)
+    _float_prelus(model)
     with quiet():
         if qat:
             gm = prepare_qat_fx(
