@@ -69,13 +69,19 @@ _DENSE_WEIGHT = TensorOptions(dtype=("int8",), scheme=("sym",), granularity=("pe
 
 
 def recipe_floats(model: keras.Model, plan: QuantPlan) -> dict[str, OpQuant]:
-    """The first/last conv-or-matmul ops the recipes keep in fp32 (INC: both default True)."""
+    """The first/last conv-or-matmul ops the recipes keep in fp32 (INC: both default True),
+    and the conv/Dense layers whose activation (softmax, sigmoid, ...) TFLite cannot fuse
+    into an int8 kernel: the converter runs those in float whatever the plan says."""
+    floats = {
+        layer.name: OpQuant.float()
+        for layer in kl.quantizable(model)
+        if layer.name in plan.ops and plan.ops[layer.name].quantized and not kl.runs_int8(layer)
+    }
     kernel_ops = [
         layer.name
         for layer in kl.quantizable(model)
         if kl.layer_type(layer) in kl.KERNEL_OPS and layer.name in plan.ops
     ]
-    floats: dict[str, OpQuant] = {}
     if kernel_ops and plan.recipes.get("first_conv_or_matmul_quantization") is False:
         floats[kernel_ops[0]] = OpQuant.float()
     if kernel_ops and plan.recipes.get("last_conv_or_matmul_quantization") is False:

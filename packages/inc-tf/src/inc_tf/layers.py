@@ -20,8 +20,15 @@ from inc_core.errors import ModelError
 
 #: layer class -> axis of its kernel that holds output channels (None: activation-only op)
 KERNEL_OPS: dict[str, int] = {"Conv1D": -1, "Conv2D": -1, "DepthwiseConv2D": -1, "Dense": -1}
-#: activation-only ops: their inputs and output are quantized, they have no weight
+#: activation-only ops: their inputs and output are quantized, they have no weight. (PReLU is
+#: not one: TFLite's int8 PRELU is a reference kernel, measured 1.8x slower than float on
+#: MTCNN's ONet, where XNNPACK runs the float one)
 ACTIVATION_OPS: tuple[str, ...] = ("Add", "Concatenate")
+#: merge layers: ``call`` takes the list of their inputs
+MERGE_OPS: tuple[str, ...] = ("Add", "Concatenate")
+#: activations TFLite fuses into an int8 conv / fully connected kernel; with another one
+#: (softmax, sigmoid, ...) the kernel's own output has no range and the converter keeps it float
+FUSED_ACTIVATIONS: tuple[str, ...] = ("linear", "relu", "relu6")
 QUANTIZABLE: tuple[str, ...] = (*KERNEL_OPS, *ACTIVATION_OPS)
 #: the spec's generic op type names -> Keras layer classes
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -58,6 +65,13 @@ PER_CHANNEL_OPS: tuple[str, ...] = ("Conv1D", "Conv2D", "DepthwiseConv2D")
 
 def layer_type(layer: Any) -> str:
     return type(layer).__name__
+
+
+def runs_int8(layer: Any) -> bool:
+    """Whether TFLite can run ``layer`` as one int8 kernel (its activation fuses into it)."""
+    if layer_type(layer) not in KERNEL_OPS:
+        return True
+    return getattr(getattr(layer, "activation", None), "__name__", "linear") in FUSED_ACTIVATIONS
 
 
 def is_graph_model(model: Any) -> bool:

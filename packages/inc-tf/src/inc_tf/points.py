@@ -100,11 +100,12 @@ def quantized_call(layer: Any, point: Point, quantizer: Quantizer) -> Callable[.
             x = quantizer.activation(point.inputs[0], inputs, dtype, point.owns[0])
             y = kl.linear(layer, x, quantizer.kernel(layer, point))
         else:
+            given = inputs if point.type in kl.MERGE_OPS else [inputs]
             xs = [
                 quantizer.activation(key, t, dtype, owns)
-                for key, t, owns in zip(point.inputs, inputs, point.owns, strict=True)
+                for key, t, owns in zip(point.inputs, given, point.owns, strict=True)
             ]
-            y = original(xs, *args, **kwargs)
+            y = original(xs if point.type in kl.MERGE_OPS else xs[0], *args, **kwargs)
         return quantizer.activation(point.output, y, dtype, True)
 
     return call
