@@ -141,3 +141,28 @@ def test_fit_op_report_says_what_ran(cnn, digits):
     for row in quantized:
         assert row["runs_as"].endswith("(int8)"), row
         assert row["sqnr_db"] is not None and row["sqnr_db"] >= MIN_SQNR_DB, row
+
+
+def test_dense_with_softmax_is_planned_fp32_as_tflite_runs_it(digits):
+    """TFLite fuses only linear/relu/relu6 into an int8 kernel; with softmax the converter
+    keeps the fully connected in float, so the plan says fp32 and runs_as agrees."""
+    import keras
+
+    head = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
+            keras.layers.Flatten(name="flat"),
+            keras.layers.Dense(16, activation="relu", name="hidden"),
+            keras.layers.Dense(10, activation="softmax", name="probs"),
+        ]
+    )
+    conf = PostTrainingQuantConfig(guards=False)
+    q = quantization.fit(head, conf, calib_dataloader=digits.calib(samples=100))
+    assert q.plan.float_ops() == ["probs"]
+    rows = {row["op"]: row["runs_as"] for row in q.op_report()}
+    assert rows == {
+        "conv": "CONV_2D (int8)",
+        "hidden": "FULLY_CONNECTED (int8)",
+        "probs": "FULLY_CONNECTED (fp32)",
+    }
