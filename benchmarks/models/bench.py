@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+# run through benchmarks/run.py, sys.path[0] is benchmarks/, whose torch.py would shadow torch
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.models import ort_runner  # noqa: E402
