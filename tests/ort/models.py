@@ -242,11 +242,24 @@ def cnn_onnx(params: dict[str, np.ndarray], batch: int | str = "N") -> onnx.Mode
         if i == 0:
             nodes.append(helper.make_node("Relu", [out], ["fc_relu_out"], name="fc_relu"))
             prev = "fc_relu_out"
+    return checked_model(
+        nodes, "digits_cnn", ("image", [batch, 1, 8, 8]), ("logits", [batch, 10]), inits
+    )
+
+
+def checked_model(
+    nodes: list[onnx.NodeProto],
+    name: str,
+    image: tuple[str, list[int | str]],
+    logits: tuple[str, list[int | str]],
+    inits: list[onnx.TensorProto],
+) -> onnx.ModelProto:
+    """One float input, one float output, opset OPSET, IR 8, checked."""
     graph = helper.make_graph(
         nodes,
-        "digits_cnn",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])],
+        name,
+        [helper.make_tensor_value_info(image[0], TensorProto.FLOAT, image[1])],
+        [helper.make_tensor_value_info(logits[0], TensorProto.FLOAT, logits[1])],
         inits,
     )
     model = helper.make_model(
@@ -475,16 +488,6 @@ def resnet_like(seed: int = 0, size: int = 32, classes: int = 10) -> onnx.ModelP
     fc_w = const("fc.weight", rng.normal(0.0, 0.1, (classes, channels)))
     fc_b = const("fc.bias", np.zeros(classes))
     nodes.append(helper.make_node("Gemm", ["flat", fc_w, fc_b], ["logits"], name="fc", transB=1))
-    graph = helper.make_graph(
-        nodes,
-        "resnet_like",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
-        inits,
+    return checked_model(
+        nodes, "resnet_like", ("input", ["N", 3, size, size]), ("logits", ["N", classes]), inits
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="inc-tests"
-    )
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
