@@ -192,14 +192,23 @@ def _gelu_erf(g: Graph, erf: onnx.NodeProto) -> tuple[list[onnx.NodeProto], str,
     want = math.sqrt(2.0) if scale.op_type == "Div" else 1 / math.sqrt(2.0)
     if k is None or x is None or not math.isclose(k[0], want, rel_tol=1e-4):
         return None
-    add = _only(g, erf.output[0], "Add")
-    one = _scalar(g, add, erf.output[0]) if add is not None else None
-    if add is None or one is None or one[0] != 1.0:
+    found = _plus_one_tail(g, erf.output[0], x)
+    if found is None:
         return None
-    tail = _gelu_tail(g, x, add)
-    if tail is None:
+    add, (tail, out) = found
+    return [scale, erf, add, *tail], x, out
+
+
+def _plus_one_tail(
+    g: Graph, tensor: str, x: str
+) -> tuple[onnx.NodeProto, tuple[list[onnx.NodeProto], str]] | None:
+    """The ``Add(tensor, 1)`` after erf/tanh and the GELU tail (``x * ... * 0.5``) after it."""
+    plus = _only(g, tensor, "Add")
+    one = _scalar(g, plus, tensor) if plus is not None else None
+    if plus is None or one is None or one[0] != 1.0:
         return None
-    return [scale, erf, add, *tail[0]], x, tail[1]
+    tail = _gelu_tail(g, x, plus)
+    return None if tail is None else (plus, tail)
 
 
 def _gelu_tanh(g: Graph, tanh: onnx.NodeProto) -> tuple[list[onnx.NodeProto], str, str] | None:
@@ -225,14 +234,11 @@ def _gelu_tanh(g: Graph, tanh: onnx.NodeProto) -> tuple[list[onnx.NodeProto], st
         p = _scalar(g, cube, x) if cube.op_type == "Pow" else None
         if p is None or p[0] != 3.0 or g.sole_consumer(cube_in) is not coef:
             continue
-        plus = _only(g, tanh.output[0], "Add")
-        one = _scalar(g, plus, tanh.output[0]) if plus is not None else None
-        if plus is None or one is None or one[0] != 1.0:
+        found = _plus_one_tail(g, tanh.output[0], x)
+        if found is None:
             return None
-        tail = _gelu_tail(g, x, plus)
-        if tail is None:
-            return None
-        return [cube, coef, add, outer, tanh, plus, *tail[0]], x, tail[1]
+        plus, (tail, out) = found
+        return [cube, coef, add, outer, tanh, plus, *tail], x, out
     return None
 
 
