@@ -10,7 +10,16 @@ import pytest
 
 from inc_core import PostTrainingQuantConfig, quantization
 from inc_core import backend as registry
-from inc_core.data import batch_size, labelled_batches, model_inputs, split_batch, take_samples
+from inc_core.data import (
+    batch_size,
+    drop_samples,
+    labelled_batches,
+    model_inputs,
+    split_batch,
+    split_calibration,
+    splittable,
+    take_samples,
+)
 from inc_core.errors import DataError
 from inc_core.space import QuantPlan, TensorRanges
 
@@ -70,7 +79,7 @@ def test_split_batch_reads_pairs_as_input_and_label():
     assert split_batch(named) == (named, None)
 
 
-def test_batch_size_reads_the_leading_dimension_of_the_first_array():
+def test_batch_size_reads_the_leading_dimension():
     x = np.zeros((5, 3))
     assert batch_size(x) == 5
     assert batch_size((x, np.zeros((5, 1)))) == 5
@@ -78,6 +87,53 @@ def test_batch_size_reads_the_leading_dimension_of_the_first_array():
     assert batch_size(np.float32(1.0)) == 1
     with pytest.raises(DataError, match="empty"):
         batch_size(())
+
+
+def stream(frames: int, start: float = 0.0) -> dict[str, np.ndarray]:
+    """One batch of a recurrent model's inputs: ``frames`` rows of signal, one shared state."""
+    signal = np.arange(frames * 6, dtype=np.float32).reshape(frames, 6) + start
+    return {"h": np.full((1, 1, 4), 7, np.float32), "input": signal, "gain": np.float32(2)}
+
+
+def test_a_state_input_does_not_make_the_batch_and_is_never_sliced():
+    batch = stream(8)  # the state comes first: the batch is still the signal's 8 rows
+    assert batch_size(batch) == 8
+    assert not splittable(batch)
+    head, tail = take_samples(batch, 3), drop_samples(batch, 3)
+    assert head["input"].shape == (3, 6) and tail["input"].shape == (5, 6)
+    assert head["h"] is batch["h"] and tail["h"] is batch["h"]  # shared by the whole batch
+    assert head["gain"] is batch["gain"]  # a scalar has no sample axis
+    # arrays that agree on their leading size (and scalars) can be cut
+    assert splittable({"ids": np.zeros((4, 2)), "mask": np.zeros((4, 2)), "t": np.float32(1)})
+
+
+def test_split_calibration_holds_out_whole_batches_with_a_state_input():
+    batches = [stream(8, start=100.0 * i) for i in range(6)]
+    data = split_calibration(batches, 20)
+    # 8 + 8 fit; the third batch would cross 20 and cannot be cut: it is held out whole
+    assert [b["input"].shape for b in data.calib] == [(8, 6), (8, 6)]
+    assert [b["input"][0, 0] for b in data.held_out] == [200.0, 300.0]
+    assert data.how == "beyond calibration"
+    for b in data.calib + data.held_out:
+        assert b["h"].shape == (1, 1, 4)
+    # a first batch bigger than the sampling size is calibrated on whole, not cut
+    big = split_calibration(batches, 5)
+    assert [b["input"].shape for b in big.calib] == [(8, 6)]
+    assert [b["input"][0, 0] for b in big.held_out] == [100.0, 200.0]
+    # within the sampling size the usual paths hold whole batches already
+    within = split_calibration(batches[:2], 100)
+    assert (len(within.calib), len(within.held_out), within.how) == (
+        1,
+        1,
+        "last calibration batches",
+    )
+    assert all(b["h"].shape == (1, 1, 4) for b in within.calib + within.held_out)
+
+
+def test_model_inputs_stops_before_a_batch_it_cannot_cut():
+    batches = [stream(8, start=100.0 * i) for i in range(3)]
+    assert [b["input"].shape[0] for b in model_inputs(batches, 20)] == [8, 8]
+    assert [b["input"].shape[0] for b in model_inputs(batches, 5)] == [8]
 
 
 def test_take_samples_keeps_the_structure():

@@ -21,26 +21,68 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
     return batch, None
 
 
+def _arrays(inputs: Any) -> list[Any]:
+    """The arrays of one batch of inputs, in order (through tuples, lists and dicts)."""
+    if isinstance(inputs, Mapping):
+        return [a for v in inputs.values() for a in _arrays(v)]
+    if isinstance(inputs, (tuple, list)):
+        return [a for v in inputs for a in _arrays(v)]
+    return [inputs]
+
+
+def _leading(array: Any) -> int | None:
+    """The leading size of an array; None for a scalar (it has no sample axis)."""
+    shape = getattr(array, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) > 0 else None
+
+
 def batch_size(inputs: Any) -> int:
-    """Number of samples in one batch of inputs (the leading dimension of the first array)."""
-    first = inputs
-    while isinstance(first, (tuple, list, Mapping)):
-        if not first:
-            raise DataError("a batch of inputs is empty")
-        first = next(iter(first.values())) if isinstance(first, Mapping) else first[0]
-    shape = getattr(first, "shape", None)
-    if shape is None or len(shape) == 0:
-        return 1
-    return int(shape[0])
+    """Number of samples in one batch of inputs: the largest leading size among its arrays.
+
+    Not every input of a model is batched: a recurrent state (``h`` shaped ``[1, 1, 128]``
+    next to a ``[64, 576]`` signal), a scale or a scalar is shared by the whole batch, and
+    such inputs are usually the smaller ones. A batch of scalars counts as one sample.
+    """
+    arrays = _arrays(inputs)
+    if not arrays:
+        raise DataError("a batch of inputs is empty")
+    sizes = [s for s in map(_leading, arrays) if s is not None]
+    return max(sizes) if sizes else 1
+
+
+def splittable(inputs: Any) -> bool:
+    """Whether a batch can be cut into fewer samples without guessing which axis is the batch.
+
+    Only when every (non-scalar) array has the same leading size: when they differ, one of
+    them is not batched along axis 0 and slicing it (a recurrent state, a per-model table)
+    would feed the model a tensor it does not accept; which one is not knowable from the data
+    alone (an LSTM's ``h`` may be ``[2, 1, 64]`` next to a ``[1, T, F]`` signal), so such a
+    batch is kept whole.
+    """
+    return len({s for s in map(_leading, _arrays(inputs)) if s is not None}) <= 1
+
+
+def _slice(inputs: Any, index: slice, size: int) -> Any:
+    # arrays of the batch's leading size are sliced; scalars and differently sized arrays
+    # (inputs shared by the batch) are passed whole
+    if isinstance(inputs, Mapping):
+        return {k: _slice(v, index, size) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_slice(v, index, size) for v in inputs)
+    return inputs[index] if _leading(inputs) == size else inputs
 
 
 def take_samples(inputs: Any, count: int) -> Any:
-    """The first ``count`` samples of a batch, keeping its structure."""
-    if isinstance(inputs, Mapping):
-        return {k: take_samples(v, count) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(take_samples(v, count) for v in inputs)
-    return inputs[:count]
+    """The first ``count`` samples of a batch, keeping its structure.
+
+    Arrays whose leading size is not the batch's (see ``batch_size``) are kept whole.
+    """
+    return _slice(inputs, slice(None, count), batch_size(inputs))
+
+
+def drop_samples(inputs: Any, count: int) -> Any:
+    """A batch without its first ``count`` samples, keeping its structure (see ``take_samples``)."""
+    return _slice(inputs, slice(count, None), batch_size(inputs))
 
 
 def _iterate(dataloader: Iterable[Any], what: str) -> Iterator[Any]:
@@ -77,8 +119,11 @@ def model_inputs(
         if size == 0:
             continue  # an empty batch has nothing to calibrate on
         if max_samples is not None and seen + size > max_samples:
-            inputs = take_samples(inputs, max_samples - seen)
-            size = max_samples - seen
+            if splittable(inputs):
+                inputs = take_samples(inputs, max_samples - seen)
+                size = max_samples - seen
+            elif seen:
+                break  # a batch that cannot be cut stays out rather than overshoot the count
         seen += size
         yield inputs
         if max_samples is not None and seen >= max_samples:
@@ -111,7 +156,11 @@ class CalibrationData:
 def split_calibration(
     dataloader: Iterable[Any], max_samples: int | None, what: str = "calib_dataloader"
 ) -> CalibrationData:
-    """The first ``max_samples`` samples for calibration plus a few held-out batches."""
+    """The first ``max_samples`` samples for calibration plus a few held-out batches.
+
+    A batch that crosses ``max_samples`` is cut there when ``splittable``; otherwise it is
+    held out whole (or, as the first batch, calibrated on whole).
+    """
     iterator = _iterate(dataloader, what)
     calib: list[Any] = []
     held: list[Any] = []
@@ -123,8 +172,15 @@ def split_calibration(
             continue
         if max_samples is not None and seen + size > max_samples:
             keep = max_samples - seen
-            calib.append(take_samples(inputs, keep))
-            held.append(drop_samples(inputs, keep))
+            if splittable(inputs):
+                calib.append(take_samples(inputs, keep))
+                held.append(drop_samples(inputs, keep))
+            elif calib:
+                # a batch that cannot be cut (see ``splittable``) is held out whole: calibration
+                # stays within max_samples and the guard sees samples calibration did not
+                held.append(inputs)
+            else:
+                calib.append(inputs)  # the first batch is all there is to calibrate on
             seen = max_samples
             break
         calib.append(inputs)
@@ -149,15 +205,6 @@ def split_calibration(
         count = min(HELD_OUT_BATCHES, max(1, len(calib) // 10))
         return CalibrationData(calib[:-count], calib[-count:], "last calibration batches")
     return CalibrationData(calib, list(calib), "calibration batch reused")
-
-
-def drop_samples(inputs: Any, count: int) -> Any:
-    """A batch without its first ``count`` samples, keeping its structure."""
-    if isinstance(inputs, Mapping):
-        return {k: drop_samples(v, count) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(drop_samples(v, count) for v in inputs)
-    return inputs[count:]
 
 
 def labelled_batches(
