@@ -275,3 +275,193 @@ def gelu(g: Graph) -> Outcome:
         g.model.opset_import.append(onnx.helper.make_opsetid(MS, 1))
     g.commit()
     return Outcome(done)
+
+
+# ---------------------------------------------------------------- hard-swish / hard-sigmoid
+
+#: ONNX HardSwish's gate: HardSwish(x) = x * HardSigmoid(x, alpha=1/6, beta=0.5)
+HS_ALPHA, HS_BETA = 1.0 / 6.0, 0.5
+
+
+def _near(value: float | None, want: float) -> bool:
+    return value is not None and math.isclose(value, want, rel_tol=1e-5, abs_tol=1e-7)
+
+
+def _keeps_shape(g: Graph, x: str, k: np.ndarray) -> bool:
+    """A size-1 constant that cannot broadcast ``x`` to a higher rank."""
+    if k.ndim <= 1:
+        return True
+    rank = g.rank(x)
+    return rank is not None and k.ndim <= rank
+
+
+def _const_operand(g: Graph, node: onnx.NodeProto | None, tensor: str) -> float | None:
+    """The scalar constant operand of binary ``node`` whose other operand is ``tensor``."""
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    found = _scalar(g, node, tensor)
+    if found is None or not _keeps_shape(g, tensor, g.const(found[1])):  # type: ignore[arg-type]
+        return None
+    if node.op_type == "Div" and node.input[0] != tensor:  # k / x is no scaling of x
+        return None
+    return found[0]
+
+
+def _clip_bounds(g: Graph, clip: onnx.NodeProto) -> tuple[float, float] | None:
+    a = attrs(clip)
+    if "min" in a or "max" in a or len(clip.input) == 1:  # opset < 11: bounds are attributes
+        return float(a.get("min", -math.inf)), float(a.get("max", math.inf))  # type: ignore[arg-type]
+    bounds = []
+    for index, default in ((1, -math.inf), (2, math.inf)):
+        name = clip.input[index] if len(clip.input) > index else ""
+        if not name:
+            bounds.append(default)
+            continue
+        k = g.const(name)
+        if k is None or k.size != 1:
+            return None
+        bounds.append(float(k.reshape(-1)[0]))
+    return bounds[0], bounds[1]
+
+
+def _scaled(g: Graph, tensor: str, factor: float) -> onnx.NodeProto | None:
+    """The sole reader of ``tensor`` when it multiplies it by ``factor`` (Mul k or Div 1/k)."""
+    node = g.sole_consumer(tensor)
+    if node is None or node.op_type not in ("Mul", "Div"):
+        return None
+    k = _const_operand(g, node, tensor)
+    if k is None or k == 0.0:
+        return None
+    return node if _near(k if node.op_type == "Mul" else 1.0 / k, factor) else None
+
+
+def _gate_at(
+    g: Graph, clip: onnx.NodeProto
+) -> tuple[str, float, float, list[onnx.NodeProto], str] | None:
+    """A decomposed hard-sigmoid ending at or after ``clip``: (x, alpha, beta, nodes, output).
+
+    ``Clip(x + 3, 0, 6) / 6`` (paddle2onnx's hard_swish gate, torch's relu6(x + 3) / 6) and
+    ``Clip(x * a + b, 0, 1)`` (paddle2onnx's hard_sigmoid before opset 6 kernels were used).
+    For the first form without its ``/ 6`` (the Mul with x comes first) the caller finishes it.
+    """
+    bounds = _clip_bounds(g, clip)
+    add = g.producer.get(clip.input[0])
+    if bounds is None or add is None or add.op_type != "Add":
+        return None
+    if g.sole_consumer(add.output[0]) is not clip:
+        return None
+    x = next((i for i in add.input if not g.is_const(i)), None)
+    beta = _const_operand(g, add, x) if x is not None else None
+    if x is None or beta is None:
+        return None
+    lo, hi = bounds
+    if _near(beta, 3.0) and lo == 0.0 and _near(hi, 6.0):
+        div = _scaled(g, clip.output[0], 1.0 / 6.0)
+        if div is None:
+            return None
+        return x, HS_ALPHA, HS_BETA, [add, clip, div], div.output[0]
+    if lo == 0.0 and hi == 1.0:
+        scale = g.producer.get(x)
+        if scale is not None and scale.op_type in ("Mul", "Div") and g.sole_consumer(x) is add:
+            inner = next((i for i in scale.input if not g.is_const(i)), None)
+            k = _const_operand(g, scale, inner) if inner is not None else None
+            if inner is not None and k is not None and k != 0.0:
+                alpha = k if scale.op_type == "Mul" else 1.0 / k
+                return inner, alpha, beta, [scale, add, clip], clip.output[0]
+    return None
+
+
+def _swish_after_clip(
+    g: Graph, clip: onnx.NodeProto
+) -> tuple[str, list[onnx.NodeProto], str] | None:
+    """``x * Clip(x + 3, 0, 6) / 6`` (paddle2onnx's hard_swish): (x, nodes, output)."""
+    bounds = _clip_bounds(g, clip)
+    add = g.producer.get(clip.input[0])
+    if bounds is None or add is None or add.op_type != "Add" or bounds != (0.0, 6.0):
+        return None
+    if g.sole_consumer(add.output[0]) is not clip:
+        return None
+    x = next((i for i in add.input if not g.is_const(i)), None)
+    if x is None or not _near(_const_operand(g, add, x), 3.0):
+        return None
+    mul = g.sole_consumer(clip.output[0])
+    if mul is None or mul.op_type != "Mul" or sorted(mul.input) != sorted([x, clip.output[0]]):
+        return None
+    div = _scaled(g, mul.output[0], 1.0 / 6.0)
+    if div is None:
+        return None
+    return x, [add, clip, mul, div], div.output[0]
+
+
+def _times_x(g: Graph, x: str, gate: str) -> onnx.NodeProto | None:
+    """The sole reader of ``gate`` when it is ``Mul(x, gate)``."""
+    mul = g.sole_consumer(gate)
+    if mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx"):
+        return None
+    return mul if sorted(mul.input) == sorted([x, gate]) else None
+
+
+def hard_activations(g: Graph) -> Outcome:
+    """Decomposed hard-swish / hard-sigmoid -> ONNX ``HardSwish`` / ``HardSigmoid``.
+
+    paddle2onnx writes hard_swish as ``x * Clip(x + 3, 0, 6) / 6`` (four float ops after every
+    conv); onnxruntime runs ``HardSwish`` as ``HardSigmoid`` + ``Mul`` and, in fp32, fuses both
+    into the NCHWc conv before them. ``HardSigmoid(1/6, 0.5)`` followed by ``x *`` becomes
+    ``HardSwish`` too. Below opset 14 (no ``HardSwish``) the hard-swish is written as
+    ``HardSigmoid`` + ``Mul``, the form onnxruntime itself runs. The first node's name goes to
+    the ``HardSigmoid``/``HardSwish``, a ``Mul`` that remains keeps its own name.
+    """
+    version = next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    done = []
+    for node in g.nodes():
+        if g.is_dead(node):
+            continue
+        if node.op_type == "Clip" and node.domain in ("", "ai.onnx"):
+            swish = _swish_after_clip(g, node)
+            if swish is not None:
+                x, nodes, out = swish
+                mul = next(n for n in nodes if n.op_type == "Mul")
+            else:
+                gate = _gate_at(g, node)
+                if gate is None:
+                    continue
+                x, alpha, beta, nodes, out = gate
+                mul = _times_x(g, x, out) if _near(alpha, HS_ALPHA) and beta == HS_BETA else None
+                if mul is None:
+                    _replace(g, nodes, [_hsig(nodes[0].name, x, out, alpha, beta)])
+                    done.append(label(nodes[0]))
+                    continue
+                nodes, out = [*nodes, mul], mul.output[0]
+        elif node.op_type == "HardSigmoid" and version >= 14:
+            a = attrs(node)
+            alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))  # type: ignore[arg-type]
+            x = node.input[0]
+            mul = _times_x(g, x, node.output[0])
+            if not (_near(alpha, HS_ALPHA) and beta == HS_BETA) or mul is None:
+                continue
+            nodes, out = [node, mul], mul.output[0]
+        else:
+            continue
+        first = nodes[0]
+        if version >= 14:
+            new = [onnx.helper.make_node("HardSwish", [x], [out], name=first.name)]
+        else:
+            gate_out = g.unique(f"{out}_hard_sigmoid")
+            new = [
+                _hsig(first.name, x, gate_out, HS_ALPHA, HS_BETA),
+                onnx.helper.make_node("Mul", [x, gate_out], [out], name=mul.name),
+            ]
+        _replace(g, nodes, new)
+        done.append(label(first))
+    g.commit()
+    return Outcome(done)
+
+
+def _hsig(name: str, x: str, out: str, alpha: float, beta: float) -> onnx.NodeProto:
+    return onnx.helper.make_node("HardSigmoid", [x], [out], name=name, alpha=alpha, beta=beta)
+
+
+def _replace(g: Graph, old: list[onnx.NodeProto], new: list[onnx.NodeProto]) -> None:
+    for n in old:
+        g.kill(n)
+    g.graph.node.extend(new)
