@@ -314,3 +314,36 @@ def constant_chain() -> onnx.ModelProto:
         ],
         inits,
     )
+
+
+def tf2onnx_shared_bias_numbered_names(channels: int = 6) -> onnx.ModelProto:
+    """tf2onnx 1.15.1 (basic-pitch's CQT front end): two Convs share one bias initializer named
+    ``<layer>;<layer>`` and tf2onnx numbers the tensors it splits off the same layer by suffix,
+    so a Conv output is ``<layer>;<layer>0`` (the name onnxruntime's quantizer gives its copy of
+    the shared bias); that output goes ``Neg -> Transpose(0,2,3,1)`` back to NHWC."""
+    rng = _rng(7)
+    layer = "model_1/cq_t/conv1d_25;model_1/cq_t/conv1d_25"
+    inits = [
+        _init("w_a", rng.normal(0, 0.3, (channels, 4, 1, 5)).astype(np.float32)),
+        _init("w_b", rng.normal(0, 0.3, (channels, 4, 1, 5)).astype(np.float32)),
+        _init(layer, rng.normal(0, 0.2, channels).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["input_2:0"], ["t_in"], name=f"{layer}__300", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t_in", "w_a", layer], [f"{layer}0"], name=f"{layer}0",
+                         kernel_shape=[1, 5], pads=[0, 2, 0, 2]),
+        helper.make_node("Neg", [f"{layer}0"], ["neg"], name="model_1/cq_t/Neg_8;model_1/cq_t/Neg_8"),
+        helper.make_node("Transpose", ["neg"], ["real:0"], name=f"{layer}0__306", perm=[0, 2, 3, 1]),
+        helper.make_node("Conv", ["t_in", "w_b", layer], [f"{layer}1__conv"], name=f"{layer}1",
+                         kernel_shape=[1, 5], pads=[0, 2, 0, 2]),
+        helper.make_node("Transpose", [f"{layer}1__conv"], ["imag:0"], name=f"{layer}1__307", perm=[0, 2, 3, 1]),
+    ]  # fmt: skip
+    return model(
+        nodes,
+        [helper.make_tensor_value_info("input_2:0", F, ["unk__749", 1, 32, 4])],
+        [
+            helper.make_tensor_value_info("real:0", F, ["unk__750", 1, 32, channels]),
+            helper.make_tensor_value_info("imag:0", F, ["unk__751", 1, 32, channels]),
+        ],
+        inits,
+    )

@@ -20,6 +20,8 @@ from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType
 
+from inc_core.errors import ModelError
+
 from ._runtime import onnx, ortq
 from .model_io import PROTOBUF_LIMIT
 
@@ -107,6 +109,24 @@ class IncQDQQuantizer(QDQQuantizer):  # type: ignore[misc]
             return None
         return super().quantize_activation_tensor(tensor_name)
 
+    def _dup_initializer(self, initializer: onnx.TensorProto) -> onnx.TensorProto:
+        """A copy of a bias two quantized nodes share, under a name no tensor of the graph has.
+
+        onnxruntime names the copy ``<bias><n>`` with ``n`` past the initializers' own suffixes
+        only (onnxruntime#24705); converters number their tensors the same way (tf2onnx: bias
+        ``a;a``, the Conv output ``a;a2``), so the copy could shadow an activation and the
+        runtime would read the bias where the activation belongs.
+        """
+        taken = tensor_names(self.model.model.graph)
+        suffix = self.model.get_largest_initializer_name_suffix(initializer.name) + 1
+        while f"{initializer.name}{suffix}" in taken:
+            suffix += 1
+        copy = onnx.TensorProto()
+        copy.CopyFrom(initializer)
+        copy.name = f"{initializer.name}{suffix}"
+        self.model.add_initializer(copy)
+        return copy
+
 
 class IncQOperatorQuantizer(ONNXQuantizer):  # type: ignore[misc]
     """onnxruntime's QOperator (QLinear*) / QIntegerOps quantizer with inc's choices."""
@@ -133,11 +153,49 @@ def _renamed(values: dict[str, Any], params: Any) -> dict[str, Any]:
     return out
 
 
+def tensor_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name ``graph`` and its subgraphs use (defined, read or described)."""
+    names = {t.name for t in (*graph.input, *graph.output, *graph.value_info)}
+    names.update(i.name for i in graph.initializer)
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+        for attr in node.attribute:
+            for sub in (attr.g,) if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                names |= tensor_names(sub)
+    names.discard("")
+    return names
+
+
+def check_single_definitions(graph: onnx.GraphProto, where: str = "the quantized model") -> None:
+    """Raise ``ModelError`` when two things define one tensor name (the checker lets an
+    initializer and a node output share a name; onnxruntime then fails to load the model or,
+    worse, reads the wrong one)."""
+    defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    clashes: list[str] = []
+    for node in graph.node:
+        for out in node.output:
+            if not out:
+                continue
+            if out in defined:
+                clashes.append(f"{out!r} (output of {node.op_type} {node.name!r})")
+            defined.add(out)
+    if clashes:
+        raise ModelError(
+            f"{where} defines tensors twice: {', '.join(clashes[:5])}"
+            + (f" and {len(clashes) - 5} more" if len(clashes) > 5 else "")
+            + "; every tensor name must have one producer (an initializer, a graph input or one "
+            "node output). This is a bug in inc or onnxruntime's quantizer: please report it "
+            "with the model"
+        )
+
+
 def run(quantizer: Any) -> onnx.ModelProto:
     """Quantize and return the ModelProto (the parent keeps it in ``quantizer.model``)."""
     quantizer.quantize_model()
     quantizer.model.topological_sort()  # the parent sorts only when it saves to a file
     model = quantizer.model.model
+    check_single_definitions(model.graph)
     if model.ByteSize() < PROTOBUF_LIMIT:
         onnx.checker.check_model(model)
     return model
