@@ -19,11 +19,14 @@ log = logging.getLogger(__name__)
 #: ops with a weight: int8 matrix products pay off here
 WEIGHTED_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 #: compute ops whose inputs are quantized on their own account, run by onnxruntime as QLinear*
-#: kernels. Concat and the pools are always listed; Add/Mul only between int8 ops (see
-#: ``in_int8_region``): with a constant operand they are bias/scale ops, and between float ops
-#: (a transformer's residual before LayerNorm) a Q/DQ round trip would only cost time.
+#: kernels. They are listed only where their int8 output feeds an int8 op (see
+#: ``int8_region``): otherwise the output is dequantized at once, which costs time and, for a
+#: Concat of tensors with different ranges (a detector's boxes next to its class scores), all
+#: the precision of the small-range inputs. Add/Mul also need int8 inputs: with a constant
+#: operand they are bias/scale ops, and between float ops (a transformer's residual before
+#: LayerNorm) a Q/DQ round trip would only cost time.
 ELEMENTWISE_OPS: tuple[str, ...] = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool")
-#: elementwise ops listed only inside an int8 region
+#: elementwise ops listed only with int8 inputs as well as an int8 consumer
 REGION_OPS: tuple[str, ...] = ("Add", "Mul")
 #: weighted ops whose int8 kernel also writes a float output (DQ -> op without a Q after it):
 #: MatMulIntegerToFloat and QGemm. A Conv has no such kernel: without a Q on its output it runs
@@ -162,25 +165,26 @@ def is_listed(
 
 
 def listed_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The ops users tune (``ops()``), in graph order: listed types, with Add/Mul only between
-    int8 ops."""
+    """The ops users tune (``ops()``), in graph order: listed types, with the elementwise ones
+    only inside an int8 region."""
     consts, shapes = constants(model), weight_shapes(model)
     candidates = [n for n in model.graph.node if is_listed(n, consts, STATIC_OPS, shapes)]
     region = int8_region(model, candidates)
-    return [n for n in candidates if n.op_type not in REGION_OPS or n.name in region]
+    return [n for n in candidates if n.op_type not in ELEMENTWISE_OPS or n.name in region]
 
 
 def int8_region(model: onnx.ModelProto, candidates: Sequence[onnx.NodeProto]) -> set[str]:
-    """Names of the Add/Mul candidates whose inputs all come from int8 ops and whose output
-    feeds one (looking through data-movement ops): a residual Add between convs, not one before
-    a LayerNorm. The largest such set: chains of Adds count as int8 ops for each other."""
+    """Names of the elementwise candidates whose output feeds an int8 op, and for Add/Mul whose
+    inputs all come from int8 ops too (looking through data-movement ops): a residual Add
+    between convs, not one before a LayerNorm; a Concat feeding a conv, not one that is the
+    model's output. The largest such set: elementwise ops count as int8 ops for each other."""
     producers = {o: n for n in model.graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    anchors = {n.name for n in candidates if n.op_type not in REGION_OPS}
-    region = {n.name for n in candidates if n.op_type in REGION_OPS}
+    anchors = {n.name for n in candidates if n.op_type not in ELEMENTWISE_OPS}
+    region = {n.name for n in candidates if n.op_type in ELEMENTWISE_OPS}
 
     def from_int8(tensor: str, depth: int = 0) -> bool:
         node = producers.get(tensor)
@@ -204,9 +208,8 @@ def int8_region(model: onnx.ModelProto, candidates: Sequence[onnx.NodeProto]) ->
     while changed:
         changed = False
         for node in candidates:
-            if node.name in region and not (
-                all(from_int8(i) for i in node.input) and to_int8(node.output[0])
-            ):
+            inputs_int8 = node.op_type not in REGION_OPS or all(from_int8(i) for i in node.input)
+            if node.name in region and not (inputs_int8 and to_int8(node.output[0])):
                 region.discard(node.name)
                 changed = True
     return region

@@ -292,6 +292,12 @@ def static_spec(
         n.name for n in model.graph.node if n.op_type in listed_types and n.name not in static_set
     ]
     exclude += [n for n in nodes.excluded if n not in exclude]
+    # a data-movement op between float ops (its input has no quantization parameters) stays float
+    exclude += [
+        n.name
+        for n in model.graph.node
+        if n.op_type in graph.FOLLOW_OPS and n.input and n.input[0] not in overrides
+    ]
     symmetric = any(op.activation and op.activation.scheme == "sym" for op in static_ops.values())
     types = sorted({plan.op_types[n] for n in nodes.static} | set(graph.FOLLOW_OPS))
     return QuantizerSpec(

@@ -31,6 +31,7 @@ STEPS: tuple[tuple[str, Step, bool], ...] = (
     ("transposes_after_folding", layout.transposes, False),
     ("layernorm", patterns.layernorm, True),
     ("gelu", patterns.gelu, False),
+    ("hard_activations", patterns.hard_activations, False),
     ("shapes", shapes.infer, False),
 )  # fmt: skip
 
