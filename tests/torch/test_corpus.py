@@ -37,19 +37,8 @@ def test_default_int8_keeps_face_decisions(corpus_case: dict[str, Any]) -> None:
     assert score >= MIN_DECISION, f"{model.name}: {model.metric} {score:.3f}"
 
 
-def test_default_int8_keeps_boxes(
-    corpus_case: dict[str, Any], request: pytest.FixtureRequest
-) -> None:
+def test_default_int8_keeps_boxes(corpus_case: dict[str, Any]) -> None:
     model: TorchCorpusModel = corpus_case["model"]
-    if model.name == "mtcnn-rnet":
-        # measured 0.978: the fidelity guard stops once argmax agreement holds (10.3 dB SQNR),
-        # which the box-regression output does not follow; issue 11's guard work decides this
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="issue 11: RNet box regression cosine 0.978 < 0.98 after the fidelity guard",
-                strict=False,
-            )
-        )
     score = model.box_cosine(corpus_case["ref"], corpus_case["test"])
     assert score >= MIN_BOX_COSINE, f"{model.name}: box cosine {score:.4f}"
 
