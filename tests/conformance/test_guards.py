@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from typing import Any
 
 from inc_core import PostTrainingQuantConfig, load, quantization
+from inc_core import backend as registry
 from inc_core.errors import GuardWarning
-from inc_core.fidelity import MIN_SQNR_DB
+from inc_core.fidelity import MIN_SQNR_DB, as_arrays
+from inc_core.session import prepare_session
 
 WHY = {"slower", "fidelity"}
 
@@ -65,3 +68,40 @@ def test_guards_off_gives_no_fallback_and_no_warning(kit):
     assert caught == []
     assert q.report["speed"] == {"skipped": "guards=False"}
     assert q.report["fidelity"] == {"skipped": "guards=False"}
+
+
+def test_variants_and_kernel_groups_name_the_models_ops_and_build(kit, kit_name):
+    """``Backend.variants`` builds of the default plan run and agree with it in shape;
+    ``Backend.kernel_groups`` names ops of the model (the speed guard tries them in fp32)."""
+    conf = PostTrainingQuantConfig()
+    session = prepare_session(kit.model, conf, kit.calib_loader)
+    plan = session.default_plan
+    for label, group in session.backend.kernel_groups(session.model).items():
+        assert isinstance(label, str) and group, (label, group)
+        assert set(group) <= set(plan.ops), f"kernel group {label!r} names unknown ops"
+    batch = session.calib_inputs[0]
+    want = [a.shape for _, a in as_arrays(session.backend.predict(session.build(plan), batch))]
+    for name, variant in session.backend.variants(session.model, plan):
+        assert isinstance(name, str) and name
+        assert variant != plan and set(variant.ops) == set(plan.ops), name
+        got = session.backend.predict(session.build(variant), batch)
+        assert [a.shape for _, a in as_arrays(got)] == want, name
+    # a format the user set is not varied
+    pinned = dataclasses.replace(plan, quant_format="QDQ")
+    assert all(v.quant_format == "QDQ" for _, v in session.backend.variants(session.model, pinned))
+
+
+def test_speed_report_says_what_was_tried_and_runs_as_matches_a_fresh_backend(kit, kit_name):
+    q, _ = default_fit(kit)
+    for row in q.report["speed"].get("tried", []):
+        assert isinstance(row["name"], str) and isinstance(row["kept"], bool), row
+        assert "ratio" in row or "error" in row or "sqnr_db" in row, row
+    # runs_as of the returned model may be read from a session the guard made: it must say
+    # what a backend that never saw the model says
+    fresh = registry.by_name(kit_name)
+    fresh.check_config(PostTrainingQuantConfig())
+    again = fresh.runs_as(q.model)
+    reported = {
+        op: row["runs_as"] for op, row in q.report["op_diagnosis"].items() if "runs_as" in row
+    }
+    assert reported == {op: str(label) for op, label in again.items() if op in q.plan.ops}

@@ -6,21 +6,30 @@ cost, quantized Add dearer than fp32), so they are deterministic: no clock is as
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 
-from inc_core import PostTrainingQuantConfig, load, quantization, speed
+from inc_core import PostTrainingQuantConfig, guards, load, quantization, speed
 from inc_core import backend as registry
 from inc_core.data import split_calibration
 from inc_core.errors import ConfigError, GuardWarning
 from inc_core.fidelity import MIN_SQNR_DB, agreement, compare, sqnr_db
+from inc_core.space import QuantPlan
 
-from .tuning_backend import ToyBackend, ToyLayer, ToyNet, calib_batches, toy_net
+from .tuning_backend import (
+    QUANTIZED_MS,
+    ToyBackend,
+    ToyLayer,
+    ToyNet,
+    calib_batches,
+    toy_net,
+)
 
 pytestmark = pytest.mark.usefixtures("toy_backend")
 
@@ -163,6 +172,199 @@ def test_a_backend_without_latency_skips_the_speed_guard_and_says_so():
     assert q.plan.quantized_ops() == ["add1", "add2", "add3", "conv"]
 
 
+class Registered:
+    """Registers a toy backend subclass for the length of a ``with`` block."""
+
+    def __init__(self, backend: type[ToyBackend]) -> None:
+        self.backend = backend
+
+    def __enter__(self) -> type[ToyBackend]:
+        registry.register(self.backend)
+        return self.backend
+
+    def __exit__(self, *exc: object) -> None:
+        registry.unregister(self.backend.name)
+
+
+class Formats(ToyBackend):
+    """A backend with a second build of each plan: the "fast" format runs every quantized op
+    in ``FAST`` of its time; the "bad" one is as fast but its outputs are wrong."""
+
+    name = "formats"
+    priority = 1
+    offer = ("fast",)
+    FAST = 0.7
+
+    def variants(self, model: ToyNet, plan: QuantPlan) -> list[tuple[str, QuantPlan]]:
+        if plan.quant_format != "default":
+            return []
+        return [(name, dataclasses.replace(plan, quant_format=name)) for name in self.offer]
+
+    def latency(self, model: ToyNet, inputs: Any) -> float:
+        total = 0.0
+        for layer in model.layers:
+            op = model.plan.ops[layer.name] if model.plan is not None else None
+            if op is not None and op.quantized:
+                fast = model.plan is not None and model.plan.quant_format != "default"
+                total += QUANTIZED_MS[layer.type] * (self.FAST if fast else 1.0)
+            else:
+                total += 1.0
+        return total * 1e-3
+
+    def predict(self, model: ToyNet, inputs: Any) -> np.ndarray:
+        out = super().predict(model, inputs)
+        return -out if model.plan is not None and model.plan.quant_format == "bad" else out
+
+
+def test_clearly_faster_int8_tries_no_variant():
+    with Registered(Formats):
+        q = fit(toy_net())  # 2.9 vs 4.0 ms: clearly faster, another build is not worth timing
+    assert q.plan.quant_format == "default"
+    assert "tried" not in q.report["speed"]
+
+
+def test_a_variant_clearly_faster_than_the_default_build_is_kept_and_reported():
+    with Registered(Formats):
+        # 4.4 ms vs 5.0 ms: faster, not clearly; the "fast" build takes 0.7 x 4.4 ms
+        q = fit(toy_net(types=("Conv", "Conv", "Conv", "Add", "Add")))
+    assert q.plan.quant_format == "fast"
+    assert q.model.plan.quant_format == "fast"  # the model handed back is that build
+    (row,) = q.report["speed"]["tried"]
+    assert (row["name"], row["kept"]) == ("fast", True)
+    assert row["ratio"] == pytest.approx(0.7 * 4.4 / 5.0)
+    assert row["sqnr_db"] >= MIN_SQNR_DB
+    assert q.report["speed"]["int8_ms"] == pytest.approx(0.7 * 4.4)
+    assert q.report["speed"]["default_int8_ms"] == pytest.approx(4.4)
+    assert q.report["fallback"] == [] and q.guard_warnings == []
+    assert q.plan.quantized_ops() == ["conv1", "conv2", "conv3", "add1", "add2"]
+
+
+def test_the_fp32_search_goes_on_from_a_kept_variant():
+    class Slightly(Formats):
+        name = "slightly"
+        FAST = 0.9
+
+    with Registered(Slightly):
+        q = fit(toy_net(types=("Add", "Add", "Add", "Conv")))  # 5.2 ms; "fast" 4.68 ms
+    names = [(row["name"], row["kept"]) for row in q.report["speed"]["tried"]]
+    assert names == [("fast", True), ("fp32: Add", True)]
+    assert q.plan.quant_format == "fast"
+    assert q.plan.quantized_ops() == ["conv"]
+    assert fallback(q, "slower") == ["add1", "add2", "add3"]
+    assert q.report["speed"]["int8_ms"] == pytest.approx(3.0 + 0.9 * 0.4)
+
+
+def test_a_variant_below_the_fidelity_threshold_is_never_kept():
+    class Bad(Formats):
+        name = "bad"
+        offer = ("bad",)
+
+    with Registered(Bad):
+        q = fit(toy_net(types=("Conv", "Conv", "Conv", "Add", "Add")))
+    (row,) = q.report["speed"]["tried"]
+    assert (row["name"], row["kept"]) == ("bad", False)
+    assert row["sqnr_db"] < MIN_SQNR_DB and "ratio" not in row  # not worth timing
+    assert q.plan.quant_format == "default"
+    assert q.report["fidelity"]["holds"] is True
+
+
+class Depthwise(ToyBackend):
+    """conv2 is a depthwise conv whose int8 kernel is slow (3 ms where fp32 takes 1 ms)."""
+
+    name = "depthwise"
+    priority = 1
+    groups: ClassVar[dict[str, list[str]]] = {"Conv (depthwise)": ["conv2"]}
+
+    def kernel_groups(self, model: ToyNet) -> dict[str, list[str]]:
+        return dict(self.groups)
+
+    def latency(self, model: ToyNet, inputs: Any) -> float:
+        value = super().latency(model, inputs)
+        if model.plan is not None and model.plan.ops["conv2"].quantized:
+            value += (3.0 - QUANTIZED_MS["Conv"]) * 1e-3
+        return value
+
+
+def test_a_kernel_group_is_tried_in_fp32_before_its_whole_op_type():
+    with Registered(Depthwise):
+        q = fit(toy_net())  # int8 5.5 ms vs 4.0: Add first, then the depthwise conv alone
+    names = [(row["name"], row["kept"]) for row in q.report["speed"]["tried"]]
+    assert names == [("fp32: Add", True), ("fp32: Conv (depthwise)", True)]
+    assert q.report["speed"]["tried"][1]["fp32"] == ["conv2"]
+    assert fallback(q, "slower") == ["add", "conv2"]
+    assert q.plan.quantized_ops() == ["conv1", "mm"]  # the dense conv stays int8
+    assert q.guard_warnings == []
+
+
+def test_a_whole_op_type_its_kernel_group_already_tried_is_not_timed_again():
+    class SlowMatMul(ToyBackend):
+        """Both convs are one kernel group (as all of a model's ConvTranspose ops are); the
+        MatMul's int8 kernel takes 4.5 ms."""
+
+        name = "slowmatmul"
+        priority = 1
+
+        def kernel_groups(self, model: ToyNet) -> dict[str, list[str]]:
+            return {"ConvTranspose": ["conv1", "conv2"]}
+
+        def latency(self, model: ToyNet, inputs: Any) -> float:
+            value = super().latency(model, inputs)
+            if model.plan is not None and model.plan.ops["mm"].quantized:
+                value += (4.5 - QUANTIZED_MS["MatMul"]) * 1e-3
+            return value
+
+    with Registered(SlowMatMul):
+        q = fit(toy_net(types=("Conv", "Conv", "Add", "MatMul")))  # 6.9 ms vs 4.0
+    names = [(row["name"], row["kept"]) for row in q.report["speed"]["tried"]]
+    # the whole Conv type is the group just tried: not built and timed again
+    assert names == [("fp32: Add", True), ("fp32: ConvTranspose", False), ("fp32: MatMul", True)]
+    assert q.plan.quantized_ops() == ["conv1", "conv2"]
+
+
+class Recording(ToyBackend):
+    """Records how many inputs each latency call timed and each op_outputs call's batch size."""
+
+    name = "recording"
+    priority = 1
+    scale = 1.0
+    latency_inputs: ClassVar[list[int]] = []
+    op_batches: ClassVar[list[int]] = []
+
+    def latency(self, model: ToyNet, inputs: Any) -> float:
+        Recording.latency_inputs.append(len(inputs))
+        return super().latency(model, inputs) * self.scale
+
+    def op_outputs(self, model: ToyNet, inputs: Any, ops: Any) -> dict[str, Any]:
+        Recording.op_batches.append(len(inputs))
+        return super().op_outputs(model, inputs, ops)
+
+
+def test_a_long_run_is_timed_once_per_round_and_a_short_one_calls_times():
+    Recording.latency_inputs = []
+    with Registered(Recording):
+        fit(toy_net())
+    assert Recording.latency_inputs[:2] == [1, speed.CALLS]  # fp32 once, then CALLS runs
+    assert set(Recording.latency_inputs[2:]) == {speed.CALLS}
+
+    class Long(Recording):
+        name = "long"
+        scale = 2 * speed.LONG_RUN / 4e-3  # fp32 takes 2 x LONG_RUN per batch
+
+    Recording.latency_inputs = []
+    with Registered(Long):
+        q = fit(toy_net())
+    assert set(Recording.latency_inputs) == {1}
+    assert q.report["speed"]["latency_calls"] == len(Recording.latency_inputs)
+
+
+def test_the_per_op_diagnosis_runs_on_a_few_samples_of_the_batch():
+    Recording.op_batches = []
+    with Registered(Recording):
+        q = fit(toy_net())  # batches of 16
+    assert Recording.op_batches and set(Recording.op_batches) == {guards.OP_SAMPLES}
+    assert all(isinstance(row["sqnr_db"], float) for row in q.op_report())
+
+
 # -- the fidelity guard ----------------------------------------------------------------------
 
 
@@ -231,7 +433,7 @@ def test_fidelity_report_says_what_was_compared_and_against_what():
     fid = q.report["fidelity"]
     assert fid["held_out"] == "last calibration batches"
     assert (fid["held_out_batches"], fid["held_out_samples"]) == (1, 16)
-    assert fid["threshold"] == {"sqnr_db": 15.0, "agreement": 0.95}
+    assert fid["threshold"] == {"sqnr_db": 15.0, "agreement": 0.95, "channel_sqnr_db": 3.0}
     assert fid["holds"] is True
     assert {"cosine", "sqnr_db", "agreement", "outputs"} <= set(fid)
     assert fid["outputs"][0]["output"] == "output0"

@@ -148,6 +148,27 @@ class Backend(abc.ABC):
         """
         return {}
 
+    def variants(self, model: Any, plan: QuantPlan) -> list[tuple[str, QuantPlan]]:
+        """Named other builds of ``plan`` that run the same ops at int8 with other kernels,
+        e.g. ``[("QOperator", plan with quant_format="QOperator")]`` for a QDQ plan.
+
+        Called by the speed guard on the fp32 model (what ``load_model`` returned) when the
+        default int8 model is not clearly faster than fp32: each variant is built with the
+        same ranges, checked against the fidelity threshold and timed, and the fastest is
+        kept. Offer only what the user left open (not a ``quant_format`` they set). Default:
+        none.
+        """
+        return []
+
+    def kernel_groups(self, model: Any) -> dict[str, list[str]]:
+        """Named groups of ops whose int8 kernels pay differently from the rest of their op
+        type, e.g. ``{"Conv (depthwise)": [...], "MatMul (attention)": [...]}``.
+
+        Called by the speed guard on the fp32 model when int8 is not faster: each group is
+        tried in fp32 on its own before whole op types are. Default: none.
+        """
+        return {}
+
     @abc.abstractmethod
     def save(self, model: Any, directory: Path) -> list[str]:
         """Write ``model`` in the framework's native format into ``directory`` (which exists).

@@ -79,19 +79,35 @@ class Bench:
     def __init__(self, backend: Backend, fp32: Any, batch: Any, calls: int = CALLS) -> None:
         self.backend = backend
         self.fp32 = fp32
-        self.inputs: Sequence[Any] = [batch] * calls
+        self.batch = batch
+        self.want_calls = calls
+        #: decided by the first fp32 run: ``calls`` copies of the batch, or one for a long run
+        self.inputs: Sequence[Any] | None = None
         self.calls = 0
+
+    def _fp32(self) -> float:
+        """fp32's seconds per batch for one round. The first call runs the batch once: a long
+        run is its own median (three runs of a 0.4 s model would cost more than quantizing
+        it), a short one is timed again with ``calls`` runs."""
+        self.calls += 1
+        if self.inputs is None:
+            once = float(self.backend.latency(self.fp32, [self.batch]))
+            if once > LONG_RUN or self.want_calls <= 1:
+                self.inputs = [self.batch]
+                return once
+            self.inputs = [self.batch] * self.want_calls
+            self.calls += 1
+        return float(self.backend.latency(self.fp32, self.inputs))
 
     def time(self, model: Any, rounds: int = ROUNDS) -> Timing:
         """Interleaved rounds; after ``MIN_ROUNDS`` it stops early when every ratio so far is
         clearly on one side of the margin (more rounds could not change the decision)."""
         timing = Timing()
         for _ in range(rounds):
-            timing.fp32.append(float(self.backend.latency(self.fp32, self.inputs)))
+            timing.fp32.append(self._fp32())
+            assert self.inputs is not None
             timing.model.append(float(self.backend.latency(model, self.inputs)))
-            self.calls += 2
-            if timing.fp32[0] > LONG_RUN and len(self.inputs) > 1:
-                self.inputs = self.inputs[:1]  # a long run is its own median: time it once
+            self.calls += 1
             if len(timing.fp32) >= MIN_ROUNDS and _clear(timing.ratios):
                 break
         return timing

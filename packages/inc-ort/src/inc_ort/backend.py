@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -74,8 +76,7 @@ class OrtBackend(Backend):
 
     def __init__(self) -> None:
         self.config_backend = "default"
-        self._sessions: dict[int, tuple[Any, Any]] = {}
-        self._warmed: set[int] = set()
+        self._sessions: dict[int, _Cached] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # InferenceSessions do not pickle; a process pool gets the backend without them.
@@ -84,7 +85,6 @@ class OrtBackend(Backend):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.config_backend = state["config_backend"]
         self._sessions = {}
-        self._warmed = set()
 
     # ------------------------------------------------------------------ model in
     @classmethod
@@ -203,11 +203,14 @@ class OrtBackend(Backend):
     # ------------------------------------------------------------------ run
     def session(self, model: onnx.ModelProto) -> Any:
         """An InferenceSession on the configured execution provider (cached per model object)."""
+        return self._cached(model).session
+
+    def _cached(self, model: onnx.ModelProto) -> _Cached:
         key = id(model)
         cached = self._sessions.get(key)
-        if cached is not None and cached[0] is model:
+        if cached is not None and cached.model is model:
             self._sessions[key] = self._sessions.pop(key)  # most recently used last
-            return cached[1]
+            return cached
         options = ort.SessionOptions()
         options.log_severity_level = 3
         # Idle sessions must not spin: the guards time an fp32 and an int8 session in turn, and
@@ -217,34 +220,50 @@ class OrtBackend(Backend):
             raise ModelError(
                 "models over 2 GB run from a saved folder: QuantizedModel.save() then load()"
             )
-        sess = ort.InferenceSession(
-            model.SerializeToString(),
-            options,
-            providers=providers.providers_for(self.config_backend),
-        )
+        # An int8 model's session keeps the graph onnxruntime optimized: runs_as reads it
+        # instead of building a second session (the guards time the model they return).
+        keep = kernels.is_quantized(model)
+        with tempfile.TemporaryDirectory(prefix="inc-ort-session-") as tmp:
+            if keep:
+                options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            sess = ort.InferenceSession(
+                model.SerializeToString(),
+                options,
+                providers=providers.providers_for(self.config_backend),
+            )
+            optimized = Path(options.optimized_model_filepath).read_bytes() if keep else None
         if len(self._sessions) >= 4:
-            _, evicted = self._sessions.pop(next(iter(self._sessions)))
-            self._warmed.discard(id(evicted))
-        self._sessions[key] = (model, sess)
-        return sess
+            self._sessions.pop(next(iter(self._sessions)))
+        entry = _Cached(model, sess, optimized)
+        self._sessions[key] = entry
+        return entry
+
+    def _run(self, model: onnx.ModelProto, feed: dict[str, Any]) -> list[Any]:
+        """One run; the session counts as warm for inputs of these shapes from then on."""
+        cached = self._cached(model)
+        outputs = cached.session.run(None, feed)
+        cached.warm.add(_shapes(feed))
+        return list(outputs)
 
     def predict(self, model: onnx.ModelProto, inputs: Any) -> Any:
-        outputs = self.session(model).run(None, to_feed(model, inputs, "evaluation input"))
+        outputs = self._run(model, to_feed(model, inputs, "evaluation input"))
         return outputs[0] if len(outputs) == 1 else outputs
 
     def user_model(self, model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
     def latency(self, model: onnx.ModelProto, inputs: Sequence[Any]) -> float:
-        sess = self.session(model)
+        cached = self._cached(model)
         feeds = [to_feed(model, batch, "latency input") for batch in inputs]
-        if id(sess) not in self._warmed:  # the first run of a session picks its kernels
-            sess.run(None, feeds[0])
-            self._warmed.add(id(sess))
+        # the first run of a session at an input shape picks kernels and grows its memory
+        # arena; a prediction on the same shapes (the guards' fidelity check) did that already
+        for feed in feeds:
+            if _shapes(feed) not in cached.warm:
+                self._run(model, feed)
         times = []
         for feed in feeds:
             start = time.perf_counter()
-            sess.run(None, feed)
+            cached.session.run(None, feed)
             times.append(time.perf_counter() - start)
         return float(np.median(times))
 
@@ -268,7 +287,11 @@ class OrtBackend(Backend):
         }
 
     def runs_as(self, model: onnx.ModelProto) -> dict[str, str]:
-        optimized = kernels.optimized_graph(model, providers.providers_for(self.config_backend))
+        cached = self._sessions.get(id(model))
+        if cached is not None and cached.model is model and cached.optimized is not None:
+            optimized = onnx.load_model_from_string(cached.optimized)
+        else:
+            optimized = kernels.optimized_graph(model, providers.providers_for(self.config_backend))
         if optimized is None:
             return {}
         nodes = [
@@ -277,6 +300,17 @@ class OrtBackend(Backend):
         ops = [kernels.origin(n.name) for n in nodes]
         outputs = {n.output[0]: op for n, op in zip(nodes, ops, strict=True) if n.output}
         return kernels.runs_as(optimized, dict.fromkeys(ops), outputs)
+
+    def variants(self, model: onnx.ModelProto, plan: QuantPlan) -> list[tuple[str, QuantPlan]]:
+        """The QOperator build of a QDQ plan, where the user left the format open."""
+        if plan.quant_format != "default" or self.config_backend == "onnxrt_trt_ep":
+            return []  # a format the user chose, or TensorRT (QDQ only)
+        if not any(op.quantized and op.approach == "static" for op in plan.ops.values()):
+            return []  # dynamic ops are built one way only
+        return [("QOperator", replace(plan, quant_format="QOperator"))]
+
+    def kernel_groups(self, model: onnx.ModelProto) -> dict[str, list[str]]:
+        return kernels.kernel_groups(model)
 
     # ------------------------------------------------------------------ files
     def save(self, model: onnx.ModelProto, directory: Path) -> list[str]:
@@ -287,6 +321,21 @@ class OrtBackend(Backend):
 
     def versions(self) -> dict[str, str]:
         return {"onnx": onnx.__version__, "onnxruntime": ort.__version__}
+
+
+@dataclass
+class _Cached:
+    """A model's session, the input shapes it has run at, and (int8 models) the serialized
+    graph onnxruntime optimized for it."""
+
+    model: onnx.ModelProto
+    session: Any
+    optimized: bytes | None
+    warm: set[tuple[tuple[str, tuple[int, ...]], ...]] = field(default_factory=set)
+
+
+def _shapes(feed: dict[str, Any]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return tuple(sorted((name, tuple(np.shape(value))) for name, value in feed.items()))
 
 
 def prepare(proto: onnx.ModelProto, recipe: dict[str, Any]) -> onnx.ModelProto:

@@ -53,6 +53,34 @@ def optimized_graph(model: onnx.ModelProto, providers: Sequence[str]) -> onnx.Mo
         return onnx.load_model(options.optimized_model_filepath, load_external_data=False)
 
 
+def is_quantized(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` has a quantization node or an int8 kernel (an int8 model inc built)."""
+    return any(n.op_type in _QDQ or n.op_type in INT8_KERNELS for n in model.graph.node)
+
+
+def kernel_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Ops whose int8 kernels pay differently from the rest of their op type: depthwise convs
+    (QLinearConv's depthwise path is tuned less than its dense one), ConvTranspose, and
+    attention MatMuls (both inputs computed at run time: the activations of both are
+    quantized on every run, and there is no weight to pre-pack)."""
+    known = {i.name: i for i in model.graph.initializer}
+    constants = set(known) | {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    groups: dict[str, list[str]] = {
+        "Conv (depthwise)": [], "ConvTranspose": [], "MatMul (attention)": []
+    }  # fmt: skip
+    for node in model.graph.node:
+        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in known:
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            dims = list(known[node.input[1]].dims)
+            if group > 1 and len(dims) >= 2 and dims[1] == 1:
+                groups["Conv (depthwise)"].append(node.name)
+        elif node.op_type == "ConvTranspose":
+            groups["ConvTranspose"].append(node.name)
+        elif node.op_type == "MatMul" and not constants & set(node.input[:2]):
+            groups["MatMul (attention)"].append(node.name)
+    return {label: names for label, names in groups.items() if names}
+
+
 def origin(node_name: str) -> str:
     """The user's op a node of the optimized graph grew from."""
     previous = None
