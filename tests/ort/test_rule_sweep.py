@@ -260,3 +260,22 @@ def test_rules_that_keep_every_op_fp32_are_a_config_error_naming_the_rule() -> N
     case = _synthetic(converter_graphs.paddle_conv_scale_bias())
     with pytest.raises(ConfigError, match="op_type_dict"):
         _fit(case, op_type_dict={"Conv": FP32})
+
+
+MIXED_RULES = {
+    "int8 sym residual adds": {"Add": {"activation": {"dtype": ["int8"], "scheme": ["sym"]}}},
+    "int8 convs": {"Conv": {"activation": {"dtype": ["int8"]}}},
+    "int8 pool": {"GlobalAveragePool": {"activation": {"dtype": ["int8"]}}},
+    "per-tensor fc": {"Gemm": {"weight": {"granularity": ["per_tensor"]}}},
+}
+
+
+@pytest.mark.parametrize("quant_format", ["QDQ", "QOperator"])
+@pytest.mark.parametrize("rule", list(MIXED_RULES))
+def test_rules_mixing_dtypes_and_granularities_give_a_model_that_runs(
+    rule: str, quant_format: str
+) -> None:
+    # QOperator's QLinearAdd of a uint8 and an int8 tensor did not load in onnxruntime
+    case = _synthetic(models.resnet_like())
+    q = _fit(case, quant_format=quant_format, op_type_dict=MIXED_RULES[rule])
+    assert _problems(case, q, set()) == []

@@ -5,6 +5,7 @@ Every number here comes from ``inc_core.scheme`` (convention "onnxrt").
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from ._runtime import onnx
 from .quantizer import NP_TYPES, QUANT_TYPES, QuantizerSpec
 
 CONVENTION = "onnxrt"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -260,6 +263,8 @@ def static_spec(
     ops = plan.ops
     static_ops = {n: ops[n] for n in nodes.static}
     schemes = activation_schemes(model, static_ops)
+    if qoperator:
+        schemes = _one_activation_dtype(schemes, static_ops)
     keep_float = set() if qoperator else float_outputs(model, static_ops)
     schemes = {t: s for t, s in schemes.items() if t not in keep_float}
     plain = adjusted_ranges(model, ranges)
@@ -313,6 +318,38 @@ def static_spec(
         extra_options={"ActivationSymmetric": symmetric},
         float_tensors=keep_float,
     )
+
+
+def _one_activation_dtype(
+    schemes: dict[str, TensorScheme], static_ops: Mapping[str, OpQuant]
+) -> dict[str, TensorScheme]:
+    """Every activation in the plan's most common dtype (QOperator only).
+
+    A QLinear* kernel takes one type for its activation inputs and output: a QLinearAdd between a
+    uint8 and an int8 tensor does not load ("Type parameter (T) bound to different types"), so a
+    rule or a tuning candidate that mixes int8 and uint8 ops is run with one dtype, and a warning
+    names the ops that changed (QDQ takes the mix: onnxruntime fuses only where types agree).
+    """
+    dtypes = Counter(op.activation.dtype for op in static_ops.values() if op.activation)
+    if len(dtypes) < 2:
+        return schemes
+    common = dtypes.most_common(1)[0][0]
+    changed = sorted(
+        name for name, op in static_ops.items() if op.activation and op.activation.dtype != common
+    )
+    log.warning(
+        "quant_format='QOperator' runs one activation dtype: ops %s asked for another than %r "
+        "and run %r (use quant_format='QDQ' to mix int8 and uint8 activations)",
+        ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else ""),
+        common,
+        common,
+    )
+    return {
+        tensor: ts
+        if ts.dtype == common
+        else TensorScheme(common, ts.scheme, ts.granularity, ts.algorithm)
+        for tensor, ts in schemes.items()
+    }
 
 
 def dynamic_spec(model: onnx.ModelProto, plan: QuantPlan, nodes: Nodes) -> QuantizerSpec:
