@@ -357,6 +357,23 @@ def test_a_long_run_is_timed_once_per_round_and_a_short_one_calls_times():
     assert q.report["speed"]["latency_calls"] == len(Recording.latency_inputs)
 
 
+class Constant(ToyBackend):
+    """A "model" here is its own milliseconds per batch."""
+
+    name = "constant"
+
+    def latency(self, model: Any, inputs: Any) -> float:
+        return float(model) * 1e-3
+
+
+def test_timing_stops_early_when_clear_of_the_ratio_the_decision_is_made_by():
+    bench = speed.Bench(Constant(), 1.0, np.zeros((2, 2)))
+    # 1.1 x fp32 is too close to "not faster" (0.97) to stop early ...
+    assert len(bench.time(1.1).ratios) == speed.ROUNDS
+    # ... but far below a current model at 1.5 x: a candidate is judged against that
+    assert len(bench.time(1.1, margin=1.5 * speed.IMPROVES).ratios) == speed.MIN_ROUNDS
+
+
 def test_the_per_op_diagnosis_runs_on_a_few_samples_of_the_batch():
     Recording.op_batches = []
     with Registered(Recording):

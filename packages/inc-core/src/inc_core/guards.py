@@ -337,6 +337,7 @@ class Guards:
             self._variants(search)
             slower = slower and search.timing.ratio >= NOT_FASTER
         if slower:
+            search.next_stage()
             self._fallbacks(search)
         plan, native, timing = search.plan, search.native, search.timing
         self.report["speed"] = _speed_report(timing, self.batch, bench.calls, first, search.tried)
@@ -404,7 +405,7 @@ class Guards:
             if check_fidelity and not self._faithful(built, row):
                 row["kept"] = False
                 return False
-            measured = search.bench.time(built)
+            measured = search.bench.time(built, margin=search.timing.ratio * IMPROVES)
         except (ConfigError, DataError):
             raise
         except Exception as exc:
@@ -484,14 +485,21 @@ class _Search:
     timing: Timing
     tried: list[dict[str, Any]] = field(default_factory=list)
     start: float = field(default_factory=time.perf_counter)
+    #: rows of ``tried`` before the current stage (variants, then fp32 groups)
+    before: int = 0
+
+    def next_stage(self) -> None:
+        """The fp32 groups after the variants: they share the time, and the first is tried."""
+        self.before = len(self.tried)
 
     def spent(self, build_seconds: float) -> bool:
-        """Whether the search has built its share of candidates or of time; the first
-        candidate is always tried."""
-        if not self.tried:
+        """Whether the search has spent its time, or this stage its candidates; a stage's
+        first candidate is always tried."""
+        count = len(self.tried) - self.before
+        if not count:
             return False
         budget = max(SEARCH_MIN_SECONDS, SEARCH_SHARE * build_seconds)
-        return len(self.tried) >= MAX_CANDIDATES or time.perf_counter() - self.start > budget
+        return count >= MAX_CANDIDATES or time.perf_counter() - self.start > budget
 
 
 def _speed_report(

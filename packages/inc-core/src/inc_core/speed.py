@@ -61,10 +61,10 @@ class Timing:
         return Timing(self.fp32 + other.fp32, self.model + other.model)
 
 
-def _clear(ratios: Sequence[float]) -> bool:
-    """Every ratio at least ``CLEAR`` below or above ``NOT_FASTER``, all on the same side."""
-    return all(r <= NOT_FASTER * (1 - CLEAR) for r in ratios) or all(
-        r >= NOT_FASTER * (1 + CLEAR) for r in ratios
+def _clear(ratios: Sequence[float], margin: float = NOT_FASTER) -> bool:
+    """Every ratio at least ``CLEAR`` below or above ``margin``, all on the same side."""
+    return all(r <= margin * (1 - CLEAR) for r in ratios) or all(
+        r >= margin * (1 + CLEAR) for r in ratios
     )
 
 
@@ -99,16 +99,17 @@ class Bench:
             self.calls += 1
         return float(self.backend.latency(self.fp32, self.inputs))
 
-    def time(self, model: Any, rounds: int = ROUNDS) -> Timing:
+    def time(self, model: Any, rounds: int = ROUNDS, margin: float = NOT_FASTER) -> Timing:
         """Interleaved rounds; after ``MIN_ROUNDS`` it stops early when every ratio so far is
-        clearly on one side of the margin (more rounds could not change the decision)."""
+        clearly on one side of ``margin``, the ratio the caller decides by (more rounds could
+        not change the decision)."""
         timing = Timing()
         for _ in range(rounds):
             timing.fp32.append(self._fp32())
             assert self.inputs is not None
             timing.model.append(float(self.backend.latency(model, self.inputs)))
             self.calls += 1
-            if len(timing.fp32) >= MIN_ROUNDS and _clear(timing.ratios):
+            if len(timing.fp32) >= MIN_ROUNDS and _clear(timing.ratios, margin):
                 break
         return timing
 
@@ -116,12 +117,12 @@ class Bench:
         """Whether a second measurement again puts ``model`` at ratio >= ``slower_than`` (the
         first said so). Returns the answer and the timing to report: both measurements merged
         when they agree, else the second (the first was a busy stretch)."""
-        second = self.time(model)
+        second = self.time(model, margin=slower_than)
         agree = second.ratio >= slower_than
         return agree, first + second if agree else second
 
     def confirmed_below(self, model: Any, first: Timing, limit: float) -> tuple[bool, Timing]:
         """Whether a second measurement again puts ``model`` at ratio <= ``limit``."""
-        second = self.time(model)
+        second = self.time(model, margin=limit)
         agree = second.ratio <= limit
         return agree, first + second if agree else second
