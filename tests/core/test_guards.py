@@ -339,7 +339,7 @@ class Recording(ToyBackend):
         return super().op_outputs(model, inputs, ops)
 
 
-def test_a_long_run_is_timed_once_per_round_and_a_short_one_calls_times():
+def test_runs_per_round_add_up_to_long_run_seconds_at_most_calls():
     Recording.latency_inputs = []
     with Registered(Recording):
         fit(toy_net())
@@ -355,6 +355,15 @@ def test_a_long_run_is_timed_once_per_round_and_a_short_one_calls_times():
         q = fit(toy_net())
     assert set(Recording.latency_inputs) == {1}
     assert q.report["speed"]["latency_calls"] == len(Recording.latency_inputs)
+
+    class Middle(Recording):
+        name = "middle"
+        scale = 0.6 * speed.LONG_RUN / 4e-3  # two runs make a round of LONG_RUN seconds
+
+    Recording.latency_inputs = []
+    with Registered(Middle):
+        fit(toy_net())
+    assert Recording.latency_inputs[0] == 1 and set(Recording.latency_inputs[1:]) == {2}
 
 
 class Constant(ToyBackend):

@@ -8,6 +8,7 @@ that lasts for a whole measurement slows both models of each round alike.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,8 +19,8 @@ from .backend import Backend
 #: rounds per measurement, and ``latency`` calls of the batch per model per round
 ROUNDS = 5
 CALLS = 3
-#: seconds per batch above which one run per round is enough (a big model at batch 8 takes
-#: ~0.4 s: three runs per round would cost more than quantizing it)
+#: seconds of runs per model per round: a batch that takes longer runs once per round (a big
+#: model at batch 8 takes ~0.4 s: three runs per round would cost more than quantizing it)
 LONG_RUN = 0.1
 #: a measurement may stop after this many rounds when all of them are CLEAR away from the margin
 MIN_ROUNDS = 2
@@ -86,16 +87,17 @@ class Bench:
         self.calls = 0
 
     def _fp32(self) -> float:
-        """fp32's seconds per batch for one round. The first call runs the batch once: a long
-        run is its own median (three runs of a 0.4 s model would cost more than quantizing
-        it), a short one is timed again with ``calls`` runs."""
+        """fp32's seconds per batch for one round. The first call runs the batch once and
+        sets the runs per round: enough for ``LONG_RUN`` seconds, at most ``calls`` (a long
+        run is its own median; three runs of a 0.4 s model would cost more than quantizing
+        it); a short one is timed again with that many runs."""
         self.calls += 1
         if self.inputs is None:
             once = float(self.backend.latency(self.fp32, [self.batch]))
-            if once > LONG_RUN or self.want_calls <= 1:
-                self.inputs = [self.batch]
+            runs = min(self.want_calls, max(1, math.ceil(LONG_RUN / max(once, 1e-9))))
+            self.inputs = [self.batch] * runs
+            if runs == 1:
                 return once
-            self.inputs = [self.batch] * self.want_calls
             self.calls += 1
         return float(self.backend.latency(self.fp32, self.inputs))
 
