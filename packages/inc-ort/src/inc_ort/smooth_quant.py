@@ -58,16 +58,19 @@ def _scales(x_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.ndarray:
     return np.clip(s, 1e-4, 1e4)
 
 
-def _fq_loss(x: np.ndarray, weights: list[np.ndarray], s: np.ndarray) -> float:
+def _fq_loss(
+    x: np.ndarray, weights: list[np.ndarray], refs: list[np.ndarray], s: np.ndarray
+) -> float:
+    """Mean squared error of the fake-quantized smoothed products against the fp32 ``refs``."""
     xs = x / s
     act = scheme.fake_quantize(
         xs, scheme.compute_qparams(xs.min(), xs.max(), dtype="uint8", scheme="asym")
-    )
+    ).astype(np.float32)  # float32 products: the search ranks alphas, 1e-7 relative is plenty
     loss = 0.0
-    for w in weights:
+    for w, ref in zip(weights, refs, strict=True):
         ws = w * s[:, None]
         wq = scheme.fake_quantize(ws, scheme.weight_qparams(ws, granularity="per_channel", axis=1))
-        loss += float(np.mean((act @ wq - x @ w) ** 2))
+        loss += float(np.mean((act @ wq.astype(np.float32) - ref) ** 2))
     return loss
 
 
@@ -105,7 +108,11 @@ def compute(model: onnx.ModelProto, data: list[Any], args: Mapping[str, Any]) ->
             best = grid[0]
         else:
             x = np.concatenate(rows[tensor])[:_MAX_ROWS]
-            best = min(grid, key=lambda a: _fq_loss(x, weights, _scales(x_max[tensor], w_max, a)))
+            # the fp32 products do not depend on alpha: computed once, not once per candidate
+            refs = [(x.astype(np.float32) @ w.astype(np.float32)) for w in weights]
+            best = min(
+                grid, key=lambda a: _fq_loss(x, weights, refs, _scales(x_max[tensor], w_max, a))
+            )
         s = _scales(x_max[tensor], w_max, best)
         out[SCALE_PREFIX + tensor] = TensorRange.of(s, s)
         out[ALPHA_PREFIX + tensor] = TensorRange.of(best, best)
@@ -179,10 +186,14 @@ def _fold(tensor, s, producers, consumers, inits, set_init) -> bool:  # type: ig
     node = producers.get(tensor)
     if node is None:
         return False
+
+    def own(name: str) -> bool:  # an initializer only this pattern reads: safe to rescale
+        return name in inits and len(consumers.get(name, [])) == 1
+
     if (
         node.op_type == "LayerNormalization"
-        and all(i in inits for i in node.input[1:3])
         and len(node.input) >= 3
+        and all(own(i) for i in node.input[1:3])
     ):
         axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
         if axis != -1:
@@ -190,6 +201,8 @@ def _fold(tensor, s, producers, consumers, inits, set_init) -> bool:  # type: ig
         for name in node.input[1:3]:
             set_init(name, onnx.numpy_helper.to_array(inits[name]).astype(np.float64) / s)
         return True
+    if node.op_type == "Add":
+        return _fold_affine_tail(node, s, producers, consumers, inits, set_init, own)
     if node.op_type == "Relu" and len(consumers.get(node.input[0], [])) == 1:
         # relu(z) / s == relu(z / s) for s > 0: scale the output channels of z's producer
         prev = producers.get(node.input[0])
@@ -211,3 +224,31 @@ def _fold(tensor, s, producers, consumers, inits, set_init) -> bool:  # type: ig
             return True
         return True
     return False
+
+
+def _fold_affine_tail(node, s, producers, consumers, inits, set_init, own) -> bool:  # type: ignore[no-untyped-def]
+    """``Add(Mul(y, gamma), beta)`` with per-channel constants: the tail of a LayerNorm that
+    torch.onnx (opset < 17) and tf2onnx write decomposed. ``(y * g + b) / s`` is exactly
+    ``y * (g / s) + b / s``, so 1/s folds into gamma and beta as into a fused LayerNorm."""
+    beta = next((i for i in node.input if i in inits), None)
+    scaled = next((i for i in node.input if i not in inits), None)
+    mul = producers.get(scaled) if scaled is not None else None
+    if beta is None or mul is None or mul.op_type != "Mul" or len(consumers.get(scaled, [])) != 1:
+        return False
+    gamma = next((i for i in mul.input if i in inits), None)
+    if gamma is None or all(i in inits for i in mul.input):
+        return False
+    channels = s.shape[-1]
+    for name in (gamma, beta):
+        dims = list(inits[name].dims)
+        # the constant must broadcast along the last axis only ([C] or a scalar), and be ours
+        if (
+            not own(name)
+            or int(np.prod(dims)) not in (1, channels)
+            or any(d != 1 for d in dims[:-1])
+        ):
+            return False
+    for name in (gamma, beta):
+        value = onnx.numpy_helper.to_array(inits[name]).astype(np.float64).reshape(-1)
+        set_init(name, value / s)
+    return True
