@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -14,6 +15,8 @@ from inc_core.space import TensorRange, TensorRanges
 from . import graph
 from ._runtime import onnx, ort
 from .feeds import to_feed
+
+log = logging.getLogger(__name__)
 
 #: prefix of entries in TensorRanges that carry per-channel input means (bias correction)
 MEAN_PREFIX = "inc.mean:"
@@ -103,17 +106,24 @@ def collect_ranges(
     counts: dict[str, int] = {}
 
     seen: set[str] = set()
+    # tensors holding -inf/+inf by design (an attention mask written as Where(mask, 0, -inf)):
+    # no int8 range exists for them, so they get none and stay float
+    unbounded: set[str] = set()
 
     def visit(name: str, value: np.ndarray) -> None:
         if not np.issubdtype(value.dtype, np.floating):
             return
         seen.add(name)
-        if name in observers:
-            if not np.all(np.isfinite(value)):
+        if name in observers and name not in unbounded:
+            if np.isnan(value).any():
                 raise DataError(
-                    f"tensor {name!r} became NaN or inf on the calibration data; check the inputs "
+                    f"tensor {name!r} became NaN on the calibration data; check the inputs "
                     "and the fp32 model"
                 )
+            if np.isinf(value).any():
+                log.info("tensor %r holds inf on the calibration data: it stays float", name)
+                unbounded.add(name)
+                return
             observers[name].update(value)
         if name in mean_names:
             axis = value.ndim - 1 if value.ndim == 3 else min(1, value.ndim - 1)
@@ -125,7 +135,7 @@ def collect_ranges(
     run_batches(model, dataloader, tensors, visit)
     ranges: TensorRanges = {}
     for name, observer in observers.items():
-        if name not in seen:
+        if name not in seen or name in unbounded:
             continue
         lo, hi = observer.range()
         ranges[name] = TensorRange.of(lo, hi)

@@ -297,6 +297,12 @@ def static_spec(
         n.name for n in model.graph.node if n.op_type in listed_types and n.name not in static_set
     ]
     exclude += [n for n in nodes.excluded if n not in exclude]
+    # an op reading a tensor that has no range (it held inf on the calibration data) stays float
+    exclude += [
+        n.name
+        for n in model.graph.node
+        if n.name in static_set and any(i in schemes and i not in overrides for i in n.input)
+    ]
     # a data-movement op between float ops (its input has no quantization parameters) stays float
     exclude += [
         n.name
