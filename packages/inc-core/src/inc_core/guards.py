@@ -438,11 +438,11 @@ class Guards:
         return bool(after["holds"]) or not self._holds
 
     def _groups(self, plan: QuantPlan) -> list[tuple[str, list[str]]]:
-        """What the speed search tries to put in fp32, named: each weightless op type first
-        (quantizing an element-wise op adds work and saves none), then the backend's kernel
-        groups (``Backend.kernel_groups``: depthwise convs, attention MatMuls, ...), then each
-        weighted op type; a model with one op type and no kernel group is tried in contiguous
-        regions of its ops instead of types."""
+        """What the speed search tries to put in fp32, named: the backend's kernel groups
+        first (``Backend.kernel_groups``: depthwise convs, attention MatMuls, ...: few ops
+        whose int8 kernels are known to pay least), then each weightless op type (quantizing
+        an element-wise op adds work and saves none), then each weighted op type; a model
+        with one op type is tried in contiguous regions of its ops instead of types."""
         names = self.space.fallback_candidates(plan)
         by_type: dict[str, list[str]] = {}
         for name in names:
@@ -455,7 +455,7 @@ class Guards:
         ]
         kernels = [(label, group) for label, group in kernels if group]
         if len(by_type) >= 2:
-            return weightless + kernels + weighted
+            return kernels + weightless + weighted
         if len(names) < 2:
             return kernels
         regions = min(MAX_REGIONS, len(names))
