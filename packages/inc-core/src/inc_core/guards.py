@@ -142,6 +142,24 @@ def diagnose(
     return out
 
 
+def fallback_order(plan: QuantPlan, candidates: Sequence[str], sqnr: dict[str, float]) -> list[str]:
+    """The order ops go back to fp32 for fidelity: lowest ``sqnr_db`` and earliest in the graph,
+    taken in turn.
+
+    An op's ``sqnr_db`` carries the error of every op before it, so it points at where error
+    shows, not always where it enters: the first ops read exact inputs and measure clean, yet
+    their rounding grows through the whole network (YOLOv8n's class scores and basic-pitch's
+    CQT front end recover only with their first convs in fp32, which rank last by ``sqnr_db``).
+    """
+    order = {name: i for i, name in enumerate(plan.ops)}
+    by_sqnr = sorted(candidates, key=lambda n: (n not in sqnr, sqnr.get(n, 0.0), order[n]))
+    by_position = sorted(candidates, key=lambda n: order[n])
+    ranked: list[str] = []
+    for pair in zip(by_sqnr, by_position, strict=True):
+        ranked += [n for n in dict.fromkeys(pair) if n not in ranked]
+    return ranked
+
+
 def _warn(message: str) -> None:
     log.warning("%s", message)
     warnings.warn(message, GuardWarning, stacklevel=_caller_outside_inc_core())
@@ -259,11 +277,7 @@ class Guards:
         if before["holds"]:
             info.update(before)
             return plan, native
-        order = {name: i for i, name in enumerate(plan.ops)}
-        ranked = sorted(
-            self.space.fallback_candidates(plan),
-            key=lambda n: (n not in sqnr, sqnr.get(n, 0.0), order[n]),
-        )
+        ranked = fallback_order(plan, self.space.fallback_candidates(plan), sqnr)
         steps: list[dict[str, Any]] = []
         chosen = (plan, native, before, 0)
         count = 1
