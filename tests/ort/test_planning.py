@@ -117,3 +117,12 @@ def test_op_outputs_of_fp32_and_int8_models_line_up(resnet, batches, quant_forma
         noise = float(np.sum((fp32[op] - int8[op]) ** 2))
         sqnr = 10 * np.log10(float(np.sum(fp32[op] ** 2)) / max(noise, 1e-30))
         assert 15.0 < sqnr < 80.0, (op, sqnr)  # int8 rounding is there, and small
+
+
+def test_kernel_names_map_back_to_op_names_that_hold_slashes():
+    known = {"/model.0/conv/Conv", "pool/AvgPool", "fc"}
+    assert kernels.origin("/model.0/conv/Conv_token_12", known) == "/model.0/conv/Conv"
+    assert kernels.origin("pool/AvgPool/fused", known) == "pool/AvgPool"
+    assert kernels.origin("fc_quant", known) == "fc"
+    assert kernels.origin("/model.0/conv/Conv", known) == "/model.0/conv/Conv"
+    assert kernels.origin("fc_quant") == "fc"  # without names: inc's and onnxruntime's suffixes

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from ._runtime import onnx, ort
@@ -37,8 +37,11 @@ _PASS_THROUGH = frozenset(
 )  # fmt: skip
 _QDQ = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 # onnxruntime's layout transformer renames a node "<name>_token_<n>", its NCHWc transformer
-# "<output tensor>_nchwc"; duplicated DQs get "/..."; inc's QOperator nodes "<name>_quant"
-_SUFFIX = re.compile(r"(_token_\d+|/.*|_quant|_nchwc)$")
+# "<output tensor>_nchwc"; inc's QOperator nodes are "<name>_quant"; fused and duplicated nodes
+# get "/<something>" -- one segment at a time, as op names hold "/" themselves (torch.onnx's
+# "/layer1/conv/Conv", tf2onnx's "pool/AvgPool")
+_SUFFIX = re.compile(r"(_token_\d+|_quant|_nchwc)$")
+_SEGMENT = re.compile(r"/[^/]*$")
 
 
 def optimized_graph(model: onnx.ModelProto, providers: Sequence[str]) -> onnx.ModelProto | None:
@@ -81,11 +84,18 @@ def kernel_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
     return {label: names for label, names in groups.items() if names}
 
 
-def origin(node_name: str) -> str:
-    """The user's op a node of the optimized graph grew from."""
-    previous = None
-    while previous != node_name:
-        previous, node_name = node_name, _SUFFIX.sub("", node_name)
+def origin(node_name: str, known: Collection[str] | None = None) -> str:
+    """The user's op a node grew from: its name without the suffixes onnxruntime and inc add.
+
+    With ``known`` (the op names, and output tensor names) the first name on the way that is
+    one of them, stripping "/..." segments too."""
+    while known is None or node_name not in known:
+        stripped = _SUFFIX.sub("", node_name)
+        if stripped == node_name and known is not None:
+            stripped = _SEGMENT.sub("", node_name)
+        if stripped == node_name:
+            break
+        node_name = stripped
     return node_name
 
 
@@ -118,11 +128,12 @@ def runs_as(
     wanted = set(ops)
     outputs = outputs or {}
     int8 = int8_tensors(optimized)
+    known = wanted | set(outputs)
     kernels: dict[str, list[str]] = {}
     for node in optimized.graph.node:
         if node.op_type in _QDQ:
             continue
-        name = origin(node.name)
+        name = origin(node.name, known)
         name = name if name in wanted else outputs.get(name, name)
         if name not in wanted:
             continue
