@@ -251,11 +251,6 @@ def test_a_dynamic_activation_dtype_the_runtime_lacks_is_a_config_error_listing_
         _fit(case, approach="dynamic", op_type_dict=rule)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inc_core.session raises ModelError('no op of the model can be quantized') when the "
-    "user's rules keep every op fp32; item 4 asks for a ConfigError naming the rule",
-)
 def test_rules_that_keep_every_op_fp32_are_a_config_error_naming_the_rule() -> None:
     case = _synthetic(converter_graphs.paddle_conv_scale_bias())
     with pytest.raises(ConfigError, match="op_type_dict"):

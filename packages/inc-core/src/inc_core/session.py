@@ -6,6 +6,7 @@ that none of them imports the user-facing ``quantization`` module for it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,11 @@ class Session:
         )
 
 
+def without_rules(conf: Any) -> Any:
+    """``conf`` without its op_type_dict/op_name_dict: what the rules took away is then known."""
+    return dataclasses.replace(conf, op_type_dict=None, op_name_dict=None)
+
+
 def prepare_session(
     model: Any,
     conf: Any,
@@ -123,6 +129,17 @@ def prepare_session(
     spaces = build_space(ops, capabilities, conf, backend.op_type_aliases)
     if not any(choice.quantized for s in spaces for choice in s.choices):
         types = ", ".join(sorted({op.type for op in ops}))
+        rules = [key for key in ("op_type_dict", "op_name_dict") if getattr(conf, key, None)]
+        if rules and any(
+            choice.quantized
+            for s in build_space(ops, capabilities, without_rules(conf), backend.op_type_aliases)
+            for choice in s.choices
+        ):
+            raise ConfigError(
+                f"{' and '.join(rules)} keep every op of the model in fp32 "
+                f"({'; '.join(f'{key}={getattr(conf, key)!r}' for key in rules)}): nothing is "
+                f"left to quantize. Remove a rule or allow int8 for some op (op types: {types})"
+            )
         if approach == "auto" and not has_calibration:
             raise ModelError(
                 f"approach='auto' without calibration data means dynamic quantization, and "
