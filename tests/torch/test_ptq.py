@@ -251,7 +251,9 @@ def test_untraceable_model_falls_back_to_eager_mode(digits):
     model = models.trained_cnn(digits, models.BranchyCNN)
     baseline = models.accuracy(model, digits)
     calib = digits.batches("train", 50)[:4]
-    q = quantization.fit(model, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib)
+    # guards off: the speed guard may keep the one-channel conv1 in fp32, which is not under test
+    conf = PostTrainingQuantConfig(approach="static", guards=False)
+    q = quantization.fit(model, conf, calib_dataloader=calib)
     info = info_of(q.model)
     assert info.mode == "eager"
     assert "control flow" in info.fx_error
