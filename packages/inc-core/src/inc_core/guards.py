@@ -414,12 +414,13 @@ class Guards:
         if fp32 is not None:
             row["fp32"] = fp32
         search.tried.append(row)
+        limit = search.timing.ratio * IMPROVES
         try:
             built = self.build(candidate)
             if check_fidelity and not self._faithful(built, row):
                 row["kept"] = False
                 return False
-            measured = search.bench.time(built, margin=search.timing.ratio * IMPROVES)
+            measured = search.bench.time(built, margin=limit)
         except (ConfigError, DataError):
             raise
         except Exception as exc:
@@ -427,7 +428,6 @@ class Guards:
             row.update(error=f"{type(exc).__name__}: {exc}", kept=False)
             return False
         row.update(ratio=round(measured.ratio, 4), kept=False)
-        limit = search.timing.ratio * IMPROVES
         if measured.ratio > limit:
             return False
         faster, measured = search.bench.confirmed_below(built, measured, limit)

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
+from . import graph
 from ._runtime import onnx, ort
 from .model_io import PROTOBUF_LIMIT
 
@@ -67,7 +68,7 @@ def kernel_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
     attention MatMuls (both inputs computed at run time: the activations of both are
     quantized on every run, and there is no weight to pre-pack)."""
     known = {i.name: i for i in model.graph.initializer}
-    constants = set(known) | {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    constants = graph.constants(model)
     groups: dict[str, list[str]] = {
         "Conv (depthwise)": [], "ConvTranspose": [], "MatMul (attention)": []
     }  # fmt: skip

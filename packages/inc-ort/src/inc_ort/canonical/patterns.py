@@ -8,16 +8,22 @@ import math
 import numpy as np
 
 from .._runtime import onnx
+from ..graph import opset
 from ._graph import Graph, Outcome, attrs, label
 
 MS = "com.microsoft"
+
+
+def _other(node: onnx.NodeProto, tensor: str) -> str:
+    """The operand of binary ``node`` that is not ``tensor``."""
+    return node.input[1] if node.input[0] == tensor else node.input[0]
 
 
 def _scalar(g: Graph, node: onnx.NodeProto, tensor: str) -> tuple[float, str] | None:
     """(constant scalar operand, the other operand) of a binary node reading ``tensor``."""
     if len(node.input) != 2 or tensor not in node.input:
         return None
-    other = node.input[1] if node.input[0] == tensor else node.input[0]
+    other = _other(node, tensor)
     k = g.const(other)
     if k is None or k.size != 1:
         return None
@@ -83,13 +89,13 @@ def _layernorm_at(g: Graph, rm1: onnx.NodeProto) -> tuple[list[onnx.NodeProto], 
     out, gamma, beta = div.output[0], None, None
     mul = _only(g, out, "Mul")
     if mul is not None:
-        other = mul.input[1] if mul.input[0] == out else mul.input[0]
+        other = _other(mul, out)
         if g.const(other) is not None:
             gamma, out = g.const(other), mul.output[0]
             nodes.append(mul)
             bias = _only(g, out, "Add")
             if bias is not None:
-                other = bias.input[1] if bias.input[0] == out else bias.input[0]
+                other = _other(bias, out)
                 if g.const(other) is not None:
                     beta, out = g.const(other), bias.output[0]
                     nodes.append(bias)
@@ -122,7 +128,7 @@ def _param(
 
 
 def layernorm(g: Graph) -> Outcome:
-    version = next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    version = opset(g.model)
     found, done = [], []
     for node in g.nodes():
         if node.op_type == "ReduceMean" and not g.is_dead(node):
@@ -163,7 +169,7 @@ def _gelu_tail(
     mul = _only(g, p, "Mul")
     if mul is None:
         return None
-    other = mul.input[1] if mul.input[0] == p else mul.input[0]
+    other = _other(mul, p)
     if other == x:  # (x * (1+f)) * 0.5
         half = _only(g, mul.output[0], "Mul")
         k = _scalar(g, half, mul.output[0]) if half is not None else None
@@ -246,7 +252,7 @@ def gelu(g: Graph) -> Outcome:
     """Erf GELU -> ``com.microsoft::Gelu``; tanh GELU -> ``com.microsoft::FastGelu`` (the
     contrib kernels onnxruntime's CPU provider runs at any opset); at opset >= 20 ONNX ``Gelu``
     (onnxruntime 1.32, 2 threads, 64x3072: tanh form 103 us vs FastGelu's 158 us; erf equal)."""
-    version = next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    version = opset(g.model)
     done = []
     for node in g.nodes():
         if g.is_dead(node):
@@ -395,10 +401,8 @@ def _swish_after_clip(
 
 def _times_x(g: Graph, x: str, gate: str) -> onnx.NodeProto | None:
     """The sole reader of ``gate`` when it is ``Mul(x, gate)``."""
-    mul = g.sole_consumer(gate)
-    if mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx"):
-        return None
-    return mul if sorted(mul.input) == sorted([x, gate]) else None
+    mul = _only(g, gate, "Mul")
+    return mul if mul is not None and sorted(mul.input) == sorted([x, gate]) else None
 
 
 def hard_activations(g: Graph) -> Outcome:
@@ -411,7 +415,7 @@ def hard_activations(g: Graph) -> Outcome:
     ``HardSigmoid`` + ``Mul``, the form onnxruntime itself runs. The first node's name goes to
     the ``HardSigmoid``/``HardSwish``, a ``Mul`` that remains keeps its own name.
     """
-    version = next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    version = opset(g.model)
     done = []
     for node in g.nodes():
         if g.is_dead(node):
