@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from inc_core import PostTrainingQuantConfig, quantization
+from inc_core.fidelity import sqnr_db
 from inc_core.space import OpQuant, QuantPlan
 from inc_mxnet.backend import MxnetBackend
 
@@ -14,11 +15,6 @@ from . import models
 #: a modest floor for one int8 op's output against fp32 (measured 27-43 dB on these models)
 MIN_SQNR_DB = 20.0
 FP32 = {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": ["fp32"]}}
-
-
-def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - got) ** 2))
-    return 10.0 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / max(noise, 1e-30))
 
 
 def plan_for(backend: MxnetBackend, graph, float_ops: tuple[str, ...] = ()) -> QuantPlan:

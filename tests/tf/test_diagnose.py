@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from inc_core import PostTrainingQuantConfig, quantization
+from inc_core.fidelity import sqnr_db
 from inc_core.space import OpQuant, QuantPlan
 from inc_tf.backend import TfBackend
 
@@ -19,11 +20,6 @@ from inc_tf.backend import TfBackend
 #: (measured 31-45 dB; 8-bit rounding of a well-calibrated tensor gives about 40)
 MIN_SQNR_DB = 20.0
 FP32 = {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": ["fp32"]}}
-
-
-def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - got) ** 2))
-    return 10.0 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / max(noise, 1e-30))
 
 
 def plan_for(backend: TfBackend, model, float_ops: tuple[str, ...] = ()) -> QuantPlan:
