@@ -116,8 +116,13 @@ def test_qoperator_format_writes_qlinear_ops(cnn, calib, digits, fp32_top1):
 
 def test_op_name_regex_and_op_type_rules_keep_ops_fp32(cnn, calib):
     fp32 = {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": ["fp32"]}}
+    # QDQ pinned: the nodes are read by name below, and with the format left open the speed
+    # guard may keep its QOperator build (renamed "conv1_quant" kernels)
     conf = PostTrainingQuantConfig(
-        approach="static", op_name_dict={"conv[2-9]": fp32}, op_type_dict={"Gemm": fp32}
+        approach="static",
+        quant_format="QDQ",
+        op_name_dict={"conv[2-9]": fp32},
+        op_type_dict={"Gemm": fp32},
     )
     q = quantization.fit(cnn, conf, calib_dataloader=calib)
     assert q.plan.quantized_ops() == ["conv1"]
