@@ -145,3 +145,117 @@ def test_console_script_is_installed(tmp_path):
         [str(script), "quantize", "--help"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0 and "--calib" in result.stdout
+
+
+# -- an output path never overwrites the input (issue 13, item 1) ------------------------------
+
+
+class CountingReader(CalibrationDataReader):
+    """A reader that counts get_next calls: a refusal must come before any data is read."""
+
+    def __init__(self, batches) -> None:
+        self.inner = DigitsReader(batches)
+        self.calls = 0
+
+    def get_next(self):
+        self.calls += 1
+        return self.inner.get_next()
+
+
+def _spellings(path, tmp_path, monkeypatch):
+    """The input path as the output, spelled as a user might: same, relative, symlink, hard link."""
+    import os
+
+    link = tmp_path / "link.onnx"
+    link.symlink_to(path)
+    hard = tmp_path / "hard.onnx"
+    os.link(path, hard)
+    monkeypatch.chdir(path.parent)
+    return [
+        str(path),
+        path.name,
+        str(path.parent / ".." / path.parent.name / path.name),
+        link,
+        hard,
+    ]
+
+
+def _model_file(cnn, tmp_path):
+    path = tmp_path / "m" / "m.onnx"
+    path.parent.mkdir()
+    onnx.save_model(cnn, str(path))
+    return path
+
+
+def test_quantize_static_refuses_to_write_over_its_input(cnn, calib, tmp_path, monkeypatch):
+    import pytest
+
+    from inc_core.errors import ConfigError
+
+    path = _model_file(cnn, tmp_path)
+    before = path.read_bytes()
+    for output in _spellings(path, tmp_path, monkeypatch):
+        reader = CountingReader(calib)
+        with pytest.raises(ConfigError, match="would destroy the fp32 model"):
+            inc_ort.quantize_static(str(path), output, reader)
+        assert reader.calls == 0, f"{output}: the reader was read before the refusal"
+        with pytest.raises(ConfigError, match="input model"):
+            inc_ort.quantize_dynamic(path, output)
+        assert path.read_bytes() == before
+
+
+def test_cli_refuses_to_write_over_its_input(cnn, tmp_path, monkeypatch, capsys):
+    path = _model_file(cnn, tmp_path)
+    before = path.read_bytes()
+    missing = tmp_path / "never-read.npz"  # were it read first, the error would name it
+    for output in _spellings(path, tmp_path, monkeypatch):
+        code = cli.main(["quantize", str(path), str(output), "--calib", str(missing)])
+        err = capsys.readouterr().err
+        assert code == 2 and "would destroy the fp32 model" in err, err
+        assert path.read_bytes() == before
+
+
+def _copy(model):
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def test_output_may_not_replace_the_inputs_external_data(cnn, calib, tmp_path):
+    import pytest
+
+    from inc_core.errors import ConfigError
+
+    path = tmp_path / "ext.onnx"
+    # onnx's external-data save rewrites the proto it is given: save copies of the fixture
+    onnx.save_model(
+        _copy(cnn), str(path), save_as_external_data=True, location="weights.bin", size_threshold=0
+    )
+    data = (tmp_path / "weights.bin").read_bytes()
+    with pytest.raises(ConfigError, match=r"weights\.bin"):
+        inc_ort.quantize_static(path, tmp_path / "weights.bin", DigitsReader(calib))
+    # an external-data save of w.onnx writes w.onnx.data beside it: refused when that is the input's
+    onnx.save_model(
+        _copy(cnn), str(path), save_as_external_data=True, location="w.onnx.data", size_threshold=0
+    )
+    with pytest.raises(ConfigError, match="external data"):
+        inc_ort.quantize_dynamic(path, tmp_path / "w.onnx", use_external_data_format=True)
+    assert (tmp_path / "weights.bin").read_bytes() == data
+
+
+def test_save_refuses_the_directory_holding_the_input_model(cnn, tmp_path):
+    import pytest
+
+    from inc_core.errors import ConfigError
+
+    path = _model_file(cnn, tmp_path)
+    before = path.read_bytes()
+    q = inc_ort.quantize_dynamic(str(path), tmp_path / "int8.onnx")
+    for target in (path.parent, tmp_path):
+        with pytest.raises(ConfigError, match="contains the input model"):
+            q.save(target)
+    with pytest.raises(ConfigError, match="is the input model"):
+        q.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx"]
+    assert (q.save(tmp_path / "saved") / "inc.json").is_file()

@@ -14,11 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from . import backend as registry
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .space import QuantPlan
 
 FORMAT_VERSION = 1
 MANIFEST = "inc.json"
+# Hidden siblings of a save target: the new directory being written and the earlier one being
+# replaced. Their names carry the writer's pid, so a later save can tell a crashed writer's
+# leftovers (pid gone) from a save running right now in another process.
+_STAGING = "inc-staging"
+_OLD = "inc-old"
 
 
 @dataclass
@@ -34,6 +39,9 @@ class QuantizedModel:
     plan: QuantPlan
     config: Mapping[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    #: the user's model files this model was made from (resolved paths); ``save`` never
+    #: writes over them
+    sources: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -64,12 +72,16 @@ class QuantizedModel:
 
         Either the whole directory is written or, on failure, what was there before is left
         untouched. An existing directory is replaced only when it is empty or holds an earlier
-        inc save (an inc.json): other files of the user are never deleted. Returns the directory.
+        inc save (an inc.json): other files of the user are never deleted, and a directory
+        holding the model this one was made from is refused (``ConfigError``). Leftovers of an
+        earlier save to ``directory`` that was killed are removed. Returns the directory.
         """
         target = Path(directory).expanduser().resolve()
+        check_output(target, self.sources, "save directory")
         _check_replaceable(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{target.name}.inc-staging-{uuid.uuid4().hex[:12]}"
+        remove_stale_siblings(target)
+        staging = _sibling(target, _STAGING)
         staging.mkdir()  # mkdir (unlike mkdtemp) keeps the user's umask for the final directory
         try:
             backend = registry.by_name(self.backend)
@@ -149,6 +161,72 @@ def load(directory: str | os.PathLike[str], **kwargs: Any) -> QuantizedModel:
     )
 
 
+def check_output(output: str | os.PathLike[str], sources: Any, what: str = "output") -> None:
+    """Refuse an output path that is, or contains, one of the user's input files.
+
+    Paths are compared resolved (symlinks, ``..``, relative vs absolute) and, where both exist,
+    by inode, so two spellings of one file are caught. Called before anything is read.
+    """
+    out = Path(output).expanduser()
+    resolved = out.resolve()
+    for source in sources:
+        src = Path(source).expanduser()
+        same = resolved == src.resolve() or _same_file(out, src)
+        inside = resolved in src.resolve().parents
+        if same or inside:
+            where = "is" if same else "contains"
+            raise ConfigError(
+                f"{what} {str(output)!r} {where} the input model {str(source)!r}: writing there "
+                "would destroy the fp32 model; choose another path"
+            )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist: they cannot be one file
+        return False
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def remove_stale_siblings(target: Path) -> list[Path]:
+    """Delete staging/backup directories of ``target`` left by a save that was killed.
+
+    Only hidden directories named after ``target`` by ``save`` whose writer process is gone
+    (on this machine) are removed; a save in progress in another process is left alone.
+    """
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for kind in (_STAGING, _OLD):
+        for path in target.parent.glob(f".{target.name}.{kind}-*"):
+            pid = path.name[len(f".{target.name}.{kind}-") :].split("-", 1)[0]
+            if path.is_dir() and not _alive(pid):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process ``pid`` runs here; names without a pid (older inc) count as dead."""
+    if not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def _check_replaceable(target: Path) -> None:
     """Refuse to overwrite a file, or a directory holding anything but an earlier inc save."""
     if not target.exists():
@@ -186,7 +264,7 @@ def _replace_dir(staging: Path, target: Path) -> None:
     if not target.exists():
         staging.rename(target)
         return
-    backup = target.with_name(f".{target.name}.inc-old-{uuid.uuid4().hex[:12]}")
+    backup = _sibling(target, _OLD)
     target.rename(backup)
     try:
         staging.rename(target)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
@@ -66,8 +68,9 @@ def fit(
         model, conf, calib_dataloader, calib_func, hold_out=default_path and conf.guards
     )
 
+    sources = _sources(model)
     if default_path:
-        return _quantize_once(session, start)
+        return _with_sources(_quantize_once(session, start), sources)
 
     from .tuning import TuningError, tune
 
@@ -84,9 +87,20 @@ def fit(
         )
     except TuningError as exc:
         if exc.best is not None:
-            guards.after_tuning(session, exc.best)
+            exc.best = _with_sources(guards.after_tuning(session, exc.best), sources)
         raise
-    return guards.after_tuning(session, tuned)
+    return _with_sources(guards.after_tuning(session, tuned), sources)
+
+
+def _sources(model: Any) -> tuple[str, ...]:
+    """The user's model file (when given as a path): ``QuantizedModel.save`` never writes over it."""
+    if isinstance(model, (str, os.PathLike)):
+        return (str(Path(model).expanduser().resolve()),)
+    return ()
+
+
+def _with_sources(result: QuantizedModel, sources: tuple[str, ...]) -> QuantizedModel:
+    return dataclasses.replace(result, sources=sources) if sources else result
 
 
 def _quantize_once(session: Session, start: float) -> QuantizedModel:

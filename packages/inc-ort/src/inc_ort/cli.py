@@ -15,6 +15,7 @@ from inc_core import PostTrainingQuantConfig, quantization
 from inc_core.errors import IncError
 
 from . import model_io
+from .dropin import check_paths
 
 
 def _recipe(text: str) -> tuple[str, Any]:
@@ -125,6 +126,7 @@ def config(args: argparse.Namespace) -> PostTrainingQuantConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        check_paths(args.input, args.output)  # before anything is read: never lose the input
         conf = config(args)
         if conf.approach == "static" and args.calib is None:
             raise IncError("--approach static needs --calib data.npz")

@@ -17,6 +17,7 @@ from typing import Any
 
 from inc_core import PostTrainingQuantConfig, quantization
 from inc_core.errors import ConfigError
+from inc_core.model import check_output
 
 from . import graph, model_io
 from ._runtime import onnx, ortq
@@ -117,6 +118,35 @@ def _op_types(model_input: str | Path | onnx.ModelProto) -> set[str]:
     return {n.op_type for n in proto.graph.node}
 
 
+def input_files(model_input: Any) -> list[Path]:
+    """The user's files behind ``model_input``: the .onnx file and its external-data files."""
+    if isinstance(model_input, onnx.ModelProto) or not isinstance(model_input, (str, os.PathLike)):
+        return []
+    path = Path(os.fspath(model_input))
+    files = [path]
+    try:  # only the graph is read here (no tensor data); an unreadable file is fit()'s to report
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception:
+        return files
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                files.append(path.parent / entry.value)
+    return files
+
+
+def check_paths(model_input: Any, model_output: str | os.PathLike[str]) -> None:
+    """Refuse an output that would write over the input model or its external data.
+
+    Called before anything else is read: the output path, and the ``<output>.data`` file an
+    external-data save writes beside it, must name none of the input's files, however spelled.
+    """
+    sources = input_files(model_input)
+    out = Path(os.fspath(model_output))
+    check_output(out, sources, "model_output")
+    check_output(out.with_name(f"{out.name}.data"), sources, "model_output's external data")
+
+
 def _save(model: onnx.ModelProto, model_output: str | os.PathLike[str], external: bool) -> None:
     out = Path(os.fspath(model_output))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -152,8 +182,11 @@ def quantize_static(
     """onnxruntime's ``quantize_static`` done by inc; returns the ``QuantizedModel`` too.
 
     ``calibration_data_reader`` is an onnxruntime ``CalibrationDataReader`` or any iterable the
-    spec allows. With ``conf``, inc's config decides everything but the files.
+    spec allows. With ``conf``, inc's config decides everything but the files. An output path
+    naming the input model (or its external data) is a ``ConfigError``, raised before anything
+    is read.
     """
+    check_paths(model_input, model_output)
     data = as_loader(calibration_data_reader)
     if data is None:
         raise ConfigError(
@@ -223,6 +256,7 @@ def quantize_dynamic(
     conf: PostTrainingQuantConfig | None = None,
 ) -> Any:
     """onnxruntime's ``quantize_dynamic`` done by inc (MatMulInteger / DynamicQuantizeLinear)."""
+    check_paths(model_input, model_output)
     if conf is None:
         _check_options(dict(extra_options or {}))
         weight_rules = {
