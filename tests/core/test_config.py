@@ -122,12 +122,12 @@ def full_ptq() -> PostTrainingQuantConfig:
     return PostTrainingQuantConfig(
         device="gpu",
         backend="onnxrt_cuda_ep",
-        inputs=["input"],
-        outputs=["logits"],
+        inputs=[],
+        outputs=(),
         approach="static",
         domain="nlp",
         quant_format="QDQ",
-        calibration_sampling_size=[50, 100],
+        calibration_sampling_size=[50],
         op_type_dict={"MatMul": {"weight": {"granularity": ["per_channel"]}}},
         op_name_dict={
             "fc.*": {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": "fp32"}},
@@ -285,6 +285,14 @@ def test_bad_values_name_the_key_the_value_and_the_allowed_values(kwargs, parts)
         ({"calibration_sampling_size": [True]}, ["calibration_sampling_size"]),
         ({"inputs": "input_ids"}, ["inputs", "list of tensor names", "'input_ids'"]),
         ({"outputs": [1]}, ["outputs", "strings"]),
+        # INC 2.x's TensorFlow-graph-only keys: inc would ignore them, so it refuses them
+        ({"inputs": ["input"]}, ["inputs=['input']", "not used", "allowed: []"]),
+        ({"outputs": ("logits",)}, ["outputs=['logits']", "not used", "allowed: []"]),
+        # INC 2.x tuned over several sample counts; inc calibrates on one
+        (
+            {"calibration_sampling_size": [50, 100]},
+            ["calibration_sampling_size=[50, 100]", "2 sizes", "calibration_sampling_size=100"],
+        ),
         ({"op_name_dict": ["fc1"]}, ["op_name_dict", "dict", "list"]),
         ({"op_name_dict": {"fc1": "fp32"}}, ["op_name_dict['fc1']", "'activation'", "'fp32'"]),
         ({"op_name_dict": {"fc1": {"activation": {"dtype": []}}}}, ["empty"]),

@@ -354,6 +354,15 @@ class _QuantConfig:
             _check_type(key, value, (list, tuple), "a list of tensor names")
             for name in value:
                 _check_type(key, name, str, "a list of tensor names (strings)")
+            if value:
+                # INC 2.x read these for TensorFlow graph (.pb) models only; every model inc
+                # takes names its own inputs and outputs, so a value here would be ignored
+                raise ConfigError(
+                    f"{key}={list(value)!r} is not used by inc: INC 2.x needed it only for "
+                    "TensorFlow graph (.pb) models, and every model inc quantizes (Keras, "
+                    "ONNX, PyTorch, MXNet) names its own inputs and outputs; leave "
+                    f"{key} empty (allowed: [])"
+                )
             object.__setattr__(self, key, tuple(value))
         if self.reduce_range is not None:
             _check_type("reduce_range", self.reduce_range, bool, "True, False or None (auto)")
@@ -478,6 +487,14 @@ class PostTrainingQuantConfig(_QuantConfig):
             )
             if size < 1:
                 raise ConfigError(f"calibration_sampling_size={size!r} must be >= 1")
+        if len(listed) > 1:
+            # INC 2.x tried each size as a tuning option; inc's strategies tune op settings
+            # only, so the other sizes would be silently ignored
+            raise ConfigError(
+                f"calibration_sampling_size={list(listed)!r} gives {len(listed)} sizes; inc "
+                "calibrates on one sample count: give one positive integer, e.g. "
+                f"calibration_sampling_size={max(listed)}"
+            )
         object.__setattr__(self, "calibration_sampling_size", tuple(listed))
         _check_type("diagnosis", self.diagnosis, bool, "True or False")
         _check_type("ni_workload_name", self.ni_workload_name, str, "a string")

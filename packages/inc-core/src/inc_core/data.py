@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .errors import DataError
 
 
@@ -85,6 +87,156 @@ def drop_samples(inputs: Any, count: int) -> Any:
     return _slice(inputs, slice(count, None), batch_size(inputs))
 
 
+# numpy dtype kinds a model input cannot have: objects, strings, raw bytes, dates
+_NOT_NUMERIC = {
+    "O": "Python objects",
+    "U": "strings",
+    "S": "bytes",
+    "V": "raw records",
+    "M": "datetimes",
+    "m": "timedeltas",
+}
+
+
+def _leaves(inputs: Any, name: str = "") -> Iterator[tuple[str, Any]]:
+    """``(name, array)`` for each array of a batch of inputs; names say where it sits."""
+    if isinstance(inputs, Mapping):
+        for key, value in inputs.items():
+            yield from _leaves(value, f"{name}[{key!r}]" if name else f"input {key!r}")
+    elif isinstance(inputs, (tuple, list)):
+        for i, value in enumerate(inputs):
+            yield from _leaves(value, f"{name}[{i}]" if name else f"input {i}")
+    else:
+        yield name or "the input", inputs
+
+
+def _as_numpy(array: Any) -> np.ndarray | None:
+    """A numpy view or copy of a numpy/torch/tf/mxnet array, without importing a framework;
+    None when it cannot be read here (a GPU-only dtype, a tensor type we do not know)."""
+    try:
+        if isinstance(array, np.ndarray):
+            return array
+        if hasattr(array, "detach") and hasattr(array, "cpu"):  # torch
+            return np.asarray(array.detach().cpu().numpy())
+        if callable(getattr(array, "asnumpy", None)):  # mxnet
+            return np.asarray(array.asnumpy())
+        if hasattr(array, "shape") and callable(getattr(array, "numpy", None)):  # tf eager
+            return np.asarray(array.numpy())
+        return np.asarray(array)
+    except Exception:  # e.g. torch bfloat16 has no numpy dtype: the framework will judge it
+        return None
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+class BatchCheck:
+    """Checks each batch of a loader against the first, so a bad batch fails here with its
+    index instead of deep in a framework kernel.
+
+    Every batch must have the same inputs (names / positions), ranks and dtypes as the first,
+    numeric dtypes, and finite values. Sizes of axes other than the batch axis may differ
+    (token sequences padded per batch are valid input for models with dynamic axes); the
+    first batch whose shape differs is remembered in ``shape_change`` so a framework error
+    on it can be explained (see ``Session.ranges_for``).
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.first: list[_Leaf] | None = None
+        self.first_index = 0
+        self.shape_change = ""
+
+    def __call__(self, inputs: Any, index: int) -> None:
+        where = f"{self.what} batch {index}"
+        leaves: list[_Leaf] = []
+        for name, value in _leaves(inputs):
+            if value is None:  # an optional input left out (e.g. attention_mask=None)
+                leaves.append(_Leaf(name, "None", ()))
+                continue
+            array = _as_numpy(value)
+            shape = tuple(
+                int(d)
+                for d in getattr(value, "shape", np.shape(array) if array is not None else ())
+            )
+            dtype = str(
+                getattr(value, "dtype", array.dtype if array is not None else type(value).__name__)
+            )
+            if array is not None:
+                _check_values(where, name, array)
+            leaves.append(_Leaf(name, dtype, shape))
+        if all(leaf.dtype == "None" for leaf in leaves):
+            raise DataError(
+                f"{where} has no arrays (got {type(inputs).__name__} {inputs!r:.80}); a batch is "
+                "an array, a tuple/list of arrays or a dict of named arrays"
+            )
+        if self.first is None:
+            self.first, self.first_index = leaves, index
+            return
+        self._compare(where, leaves)
+
+    def _compare(self, where: str, leaves: list[_Leaf]) -> None:
+        assert self.first is not None
+        first = f"batch {self.first_index}"
+        names, first_names = [leaf.name for leaf in leaves], [leaf.name for leaf in self.first]
+        if names != first_names:
+            raise DataError(
+                f"{where} has inputs {_listed(names)} but {first} had {_listed(first_names)}; "
+                "every batch must give the model the same inputs"
+            )
+        for leaf, ref in zip(leaves, self.first, strict=True):
+            if leaf.dtype != ref.dtype:
+                raise DataError(
+                    f"{where}: {leaf.name} has dtype {leaf.dtype} but {first}'s has {ref.dtype}; "
+                    "give every batch the same dtypes (cast them, e.g. x.astype('float32'))"
+                )
+            if len(leaf.shape) != len(ref.shape):
+                raise DataError(
+                    f"{where}: {leaf.name} has shape {leaf.shape} (rank {len(leaf.shape)}) but "
+                    f"{first}'s has shape {ref.shape} (rank {len(ref.shape)}); every batch must "
+                    "have the same shape except the batch size (axis 0)"
+                )
+            if not self.shape_change and leaf.shape[1:] != ref.shape[1:]:
+                self.shape_change = (
+                    f"{where}: {leaf.name} has shape {leaf.shape} but {first}'s has shape "
+                    f"{ref.shape} (only the batch size, axis 0, may differ for a model with "
+                    "fixed input shapes)"
+                )
+
+
+def _listed(names: list[str]) -> str:
+    return "[" + ", ".join(names) + "]" if names else "[]"
+
+
+def _check_values(where: str, name: str, array: np.ndarray) -> None:
+    kind = array.dtype.kind
+    if kind in _NOT_NUMERIC:
+        ragged = (
+            " (a ragged list of arrays becomes one: pad them to one shape)" if kind == "O" else ""
+        )
+        raise DataError(
+            f"{where}: {name} has dtype {array.dtype} ({_NOT_NUMERIC[kind]}){ragged}; "
+            "calibration inputs must be numeric arrays (float, int or bool): encode text or "
+            "objects as numbers first (e.g. tokenize)"
+        )
+    if kind in "fc":
+        finite = np.isfinite(array)
+        if not finite.all():
+            nans = int(np.isnan(array).sum())
+            infs = int(array.size - finite.sum()) - nans
+            found = ", ".join(
+                f"{count} {what}" for count, what in ((nans, "NaN"), (infs, "inf")) if count
+            )
+            raise DataError(
+                f"{where}: {name} contains {found} of {array.size} values; calibration data "
+                "must be finite: clean or drop that batch"
+            )
+
+
 def _iterate(dataloader: Iterable[Any], what: str) -> Iterator[Any]:
     if hasattr(dataloader, "shape") and hasattr(dataloader, "dtype"):
         # Iterating an array yields single samples without their batch dimension.
@@ -105,19 +257,25 @@ def _iterate(dataloader: Iterable[Any], what: str) -> Iterator[Any]:
 
 
 def model_inputs(
-    dataloader: Iterable[Any], max_samples: int | None = None, what: str = "calib_dataloader"
+    dataloader: Iterable[Any],
+    max_samples: int | None = None,
+    what: str = "calib_dataloader",
+    check: BatchCheck | None = None,
 ) -> Iterator[Any]:
     """Yield the model inputs of ``dataloader``, stopping after ``max_samples`` samples.
 
-    Raises ``DataError`` when the loader yields nothing, or is not iterable.
+    Raises ``DataError`` when the loader yields nothing, is not iterable, or a batch does not
+    pass ``check`` (a fresh ``BatchCheck`` when none is given).
     """
     iterator = _iterate(dataloader, what)
+    check = check or BatchCheck(what)
     seen = 0
-    for batch in iterator:
+    for index, batch in enumerate(iterator):
         inputs, _ = split_batch(batch)
         size = batch_size(inputs)
         if size == 0:
             continue  # an empty batch has nothing to calibrate on
+        check(inputs, index)
         if max_samples is not None and seen + size > max_samples:
             if splittable(inputs):
                 inputs = take_samples(inputs, max_samples - seen)
@@ -151,6 +309,8 @@ class CalibrationData:
     calib: list[Any]
     held_out: list[Any] = field(default_factory=list)
     how: str = ""
+    #: the first batch whose non-batch axes differ from the first batch's (``BatchCheck``)
+    shape_change: str = ""
 
 
 def split_calibration(
@@ -161,15 +321,17 @@ def split_calibration(
     A batch that crosses ``max_samples`` is cut there when ``splittable``; otherwise it is
     held out whole (or, as the first batch, calibrated on whole).
     """
-    iterator = _iterate(dataloader, what)
+    iterator = enumerate(_iterate(dataloader, what))
+    check = BatchCheck(what)
     calib: list[Any] = []
     held: list[Any] = []
     seen = 0
-    for batch in iterator:
+    for index, batch in iterator:
         inputs, _ = split_batch(batch)
         size = batch_size(inputs)
         if size == 0:
             continue
+        check(inputs, index)
         if max_samples is not None and seen + size > max_samples:
             keep = max_samples - seen
             if splittable(inputs):
@@ -191,20 +353,22 @@ def split_calibration(
         raise DataError(f"{what} yielded no samples; give it at least one batch")
     held_samples = sum(batch_size(b) for b in held)
     if max_samples is not None and seen >= max_samples:
-        for batch in iterator:
+        for index, batch in iterator:
             if held_samples >= HELD_OUT_SAMPLES or len(held) >= HELD_OUT_BATCHES:
                 break
             inputs, _ = split_batch(batch)
             size = batch_size(inputs)
             if size:
+                check(inputs, index)
                 held.append(inputs)
                 held_samples += size
+    note = check.shape_change
     if held:
-        return CalibrationData(calib, held, "beyond calibration")
+        return CalibrationData(calib, held, "beyond calibration", note)
     if len(calib) >= 2:
         count = min(HELD_OUT_BATCHES, max(1, len(calib) // 10))
-        return CalibrationData(calib[:-count], calib[-count:], "last calibration batches")
-    return CalibrationData(calib, list(calib), "calibration batch reused")
+        return CalibrationData(calib[:-count], calib[-count:], "last calibration batches", note)
+    return CalibrationData(calib, list(calib), "calibration batch reused", note)
 
 
 def labelled_batches(

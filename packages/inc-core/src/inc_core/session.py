@@ -7,22 +7,31 @@ that none of them imports the user-facing ``quantization`` module for it.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from importlib import metadata
+from pathlib import Path
+from typing import Any, NoReturn
 
 from . import backend as registry
 from .backend import Backend
-from .data import CalibrationData, model_inputs, split_calibration
-from .errors import ConfigError, ModelError
+from .data import BatchCheck, CalibrationData, model_inputs, split_calibration
+from .errors import BackendNotAvailable, ConfigError, DataError, IncError, ModelError
 from .model import QuantizedModel
 from .rules import build_space, default_plan
 from .space import OpSpace, QuantPlan, TensorRanges
 
+log = logging.getLogger(__name__)
+
 
 def select_backend(model: Any, conf: Any) -> Backend:
     """The backend for ``model``, checked against the config's backend and device."""
-    backend = registry.for_model(model)
+    try:
+        backend = registry.for_model(model)
+    except ModelError as exc:
+        backend = _by_content(model) or _raise_true_cause(model, exc)
     if conf.backend not in backend.config_backends:
         allowed = ", ".join(repr(b) for b in backend.config_backends)
         raise ConfigError(
@@ -30,6 +39,61 @@ def select_backend(model: Any, conf: Any) -> Backend:
         )
     backend.check_config(conf)
     return backend
+
+
+def _by_content(model: Any) -> Backend | None:
+    """For a file whose name no backend recognised (``model.bin`` holding ONNX): the first
+    backend, by priority, whose optional ``accepts_content(path)`` reads it as its own."""
+    if not isinstance(model, (str, Path)) or not Path(model).is_file():
+        return None
+    for cls in sorted(registry.available().values(), key=lambda b: (b.priority, b.name)):
+        sniff = getattr(cls, "accepts_content", None)
+        if not callable(sniff):
+            continue
+        try:
+            if sniff(Path(model)):
+                return cls()
+        except Exception as exc:  # a plugin's bug must not hide the others' answer
+            log.warning("skipping backend %s: accepts_content() raised %r", cls.name, exc)
+    return None
+
+
+def _raise_true_cause(model: Any, exc: ModelError) -> NoReturn:
+    """Re-raise ``exc``, unless the plugin for ``model`` is installed but failed to load: then
+    only that cause (``onnxruntime`` missing under ``inc-ort``) and its fix."""
+    hint = registry.install_hint(model)
+    for name in registry.skipped():
+        if hint is None or hint not in _packages_of(name):
+            continue
+        try:
+            registry.by_name(name)
+        except BackendNotAvailable as failed:
+            cause = failed.__cause__
+            if isinstance(cause, BackendNotAvailable):
+                # the plugin's own missing_dependency message already names package and fix
+                message = str(cause)
+            elif isinstance(cause, ModuleNotFoundError) and cause.name:
+                module = cause.name.split(".")[0]
+                message = (
+                    f"{module} is not installed (ModuleNotFoundError: {cause}). "
+                    f"Install it with: pip install {module}"
+                )
+            else:
+                message = str(failed)
+            raise BackendNotAvailable(
+                f"{hint} is installed but its backend {name!r} cannot load: {message}"
+            ) from cause
+    raise exc
+
+
+def _packages_of(entry_point: str) -> set[str]:
+    """Distribution names (normalised) that may own the backend entry point ``entry_point``."""
+    names = {registry.BACKEND_PACKAGES.get(entry_point, "")}
+    for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP, name=entry_point):
+        dist = getattr(ep, "dist", None)
+        if dist is not None:
+            names.add(re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower())
+    return names - {""}
 
 
 @dataclass
@@ -49,6 +113,9 @@ class Session:
     #: inputs kept out of calibration for the fidelity guard, and where they came from
     held_out: list[Any] = field(default_factory=list)
     held_out_how: str = ""
+    #: the first calibration batch whose non-batch axes differ from the first's, said when
+    #: the framework then fails (``inc_core.data.BatchCheck``)
+    calib_shape_change: str = ""
     _ranges: dict[str, TensorRanges] = field(default_factory=dict)
 
     @property
@@ -69,7 +136,7 @@ class Session:
         )
         if key not in self._ranges:
             if self.calib_inputs is not None:
-                self._ranges[key] = self.backend.calibrate(self.model, self.calib_inputs, plan)
+                self._ranges[key] = self._calibrate(plan)
             elif self.calib_func is not None:
                 self._ranges[key] = self.backend.calibrate_with_func(
                     self.model, self.calib_func, plan
@@ -80,6 +147,23 @@ class Session:
                     "or use PostTrainingQuantConfig(approach='dynamic')"
                 )
         return self._ranges[key]
+
+    def _calibrate(self, plan: QuantPlan) -> TensorRanges:
+        assert self.calib_inputs is not None
+        try:
+            return self.backend.calibrate(self.model, self.calib_inputs, plan)
+        except IncError:
+            raise
+        except Exception as exc:
+            if not self.calib_shape_change:
+                raise
+            # batches of several shapes are valid for dynamic axes, so they pass the data
+            # check; when the framework then fails, the batch that changed shape is the
+            # likely cause, and the raw kernel error alone does not say which batch it was
+            raise DataError(
+                f"calibration failed ({type(exc).__name__}: {_first_line(exc)}); "
+                f"{self.calib_shape_change}"
+            ) from exc
 
     def build(self, plan: QuantPlan) -> Any:
         """The native quantized model for ``plan``."""
@@ -95,6 +179,11 @@ class Session:
             config=self.conf.to_dict(),
             report=report or {},
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
 
 
 def without_rules(conf: Any) -> Any:
@@ -158,7 +247,9 @@ def prepare_session(
     if hold_out:
         data = split_calibration(calib_dataloader, samples, "calib_dataloader")
     else:
-        data = CalibrationData(list(model_inputs(calib_dataloader, samples, "calib_dataloader")))
+        check = BatchCheck("calib_dataloader")
+        inputs = list(model_inputs(calib_dataloader, samples, "calib_dataloader", check))
+        data = CalibrationData(inputs, shape_change=check.shape_change)
     return Session(
         backend,
         native,
@@ -168,4 +259,5 @@ def prepare_session(
         calib_func,
         held_out=data.held_out,
         held_out_how=data.how,
+        calib_shape_change=data.shape_change,
     )
