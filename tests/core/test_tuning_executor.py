@@ -95,11 +95,14 @@ def test_an_unpicklable_eval_func_is_a_config_error(tmp_path, pool):
 
 
 def test_killed_serially_and_resumed_on_a_pool_ends_with_the_same_choice(tmp_path, pool):
-    from .tuning_backend import KillAt, Killed
+    from .test_tuning_resume import Counting
+    from .tuning_backend import Killed
 
     straight = run("basic", SCORE, tmp_path / "straight")
     with pytest.raises(Killed):
-        run("basic", KillAt(SCORE, 5), tmp_path / "ws")
-    resumed = run("basic", SCORE, tmp_path / "ws", executor=pool, resume_from=tmp_path / "ws")
+        run("basic", Counting(SCORE, kill_at=5), tmp_path / "ws")
+    resumed = run(
+        "basic", Counting(SCORE), tmp_path / "ws", executor=pool, resume_from=tmp_path / "ws"
+    )
     assert resumed.plan == straight.plan
     assert summary(resumed) == summary(straight)

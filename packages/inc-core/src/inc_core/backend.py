@@ -112,6 +112,20 @@ class Backend(abc.ABC):
         """
         return plan
 
+    def fingerprint(self, model: Any) -> str | None:
+        """A digest of ``model``'s weights (what ``load_model`` returned), or None if unknown.
+
+        Called once per tuning run: a tuning history is resumed only for the same weights, so
+        a model with the same ops but other weights (retrained, zeroed) is never scored by the
+        old trials. Default: ``inc_core.digest.model_digest``, which finds weights through
+        ``state_dict()``, ``get_weights()``, ``collect_params()``, an ONNX graph's initializers
+        and nodes, or arrays in dataclasses. Override when the weights live elsewhere (files
+        the native object only points to).
+        """
+        from .digest import model_digest
+
+        return model_digest(model)
+
     def user_model(self, model: Any) -> Any:
         """The object handed to the user's ``eval_func`` for a native model (default: itself)."""
         return model

@@ -6,8 +6,10 @@ with the fp32 model's on calibration data for the ``mse`` strategies (no evaluat
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import numbers
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import digest
 from .backend import Backend
 from .errors import ConfigError, DataError
 from .session import Session
@@ -44,19 +47,58 @@ class Evaluator:
 
     def __call__(self, backend: Backend, native: Any) -> float:
         if self.eval_func is not None:
-            value = self.eval_func(backend.user_model(native))
+            value = self.eval_func(private_copy(backend.user_model(native)))
             what = "eval_func"
         else:
             assert self.dataloader is not None
             value = backend.evaluate(native, self.dataloader, self.metric)
             what = "eval_metric"
-        try:
-            number = float(value)
-        except (TypeError, ValueError) as exc:
-            raise DataError(
-                f"{what} must return a number (the accuracy), got {type(value).__name__} {value!r}"
-            ) from exc
-        return number
+        return real_number(value, what)
+
+    def identity(self) -> str:
+        """Who evaluates, by name: the eval_func, or the metric class (recorded in the history)."""
+        if self.eval_func is not None:
+            return f"eval_func {digest.identity(self.eval_func)}"
+        return f"eval_metric {digest.identity(type(self.metric))}"
+
+    def first_batch_digest(self) -> str | None:
+        """A digest of the eval_dataloader's first batch (None with an eval_func)."""
+        if self.dataloader is None:
+            return None
+        for batch in self.dataloader:
+            return digest.data_digest(batch)
+        return None
+
+
+def real_number(value: Any, what: str) -> float:
+    """``value`` as a float when it is a real number: int, float, a numpy scalar or a 0-d array
+    or tensor holding one; never a bool, a string or a sequence (``"0.9"`` and ``True`` are not
+    accuracies)."""
+    item = value
+    if not isinstance(value, numbers.Real) and getattr(value, "ndim", None) == 0:
+        try:  # a 0-d numpy array or framework tensor, e.g. torch's (pred == y).float().mean()
+            item = value.item()
+        except Exception:
+            item = value
+    if isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Real):
+        kind = type(value)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else digest.identity(kind)
+        raise DataError(
+            f"{what} must return a real number (int, float or a numpy scalar), got {name} {value!r}"
+        )
+    return float(item)
+
+
+def private_copy(model: Any) -> Any:
+    """A deep copy of what the user's eval_func gets, so that an eval_func that changes its model
+    (zeroes weights, fuses modules in place) cannot change the fp32 model later trials are built
+    from, nor a candidate that may be returned. Objects that cannot be copied are passed as they
+    are (the fingerprint check after the baseline then catches a changed fp32 model)."""
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:
+        log.debug("eval_func gets the model itself (%s cannot be copied: %s)", type(model), exc)
+        return model
 
 
 @dataclass

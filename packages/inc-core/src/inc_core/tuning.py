@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pickle
 import time
 from collections.abc import Callable, Iterable
@@ -18,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from . import digest
 from .errors import ConfigError, DataError, IncError
 from .model import QuantizedModel
 from .progress import Progress
@@ -54,6 +56,33 @@ class TuningError(IncError):
         super().__init__(message)
         self.best = best
         self.trials = trials
+
+
+def _history_file(workspace: str | Path) -> Path:
+    """The history file of ``workspace``, checked now: a workspace that cannot be a folder is a
+    ``ConfigError`` before any evaluation, not after the first trial. Nothing is created here
+    (the first history write does that), so a run that fails early leaves no empty folder."""
+    path = history_path(workspace)
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"workspace={str(workspace)!r}: {path} exists and is not a file")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or (folder != path.parent and not os.access(folder, os.W_OK)):
+        what = "is a file" if folder.exists() else "cannot be created"
+        raise ConfigError(
+            f"workspace={str(workspace)!r} must be a directory (or a .json history file), but "
+            f"{folder} {what}; give a folder path"
+        )
+    if folder == path.parent and not os.access(folder, os.W_OK):
+        raise ConfigError(f"workspace={str(workspace)!r}: {folder} is not writable")
+    return path
+
+
+def _calibration_digest(session: Session) -> str | None:
+    if session.calib_inputs is not None:
+        return digest.data_digest(session.calib_inputs)
+    return digest.identity(session.calib_func)
 
 
 def _custom_build(session: Session) -> bool:
@@ -121,10 +150,19 @@ class Tuner:
             options=options,
         )
 
-        stamp = fingerprint([(op.name, op.type) for op in ops], conf.to_dict())
         self.history = History(
-            history_path(workspace or DEFAULT_WORKSPACE), stamp, self.strategy_name
+            _history_file(workspace or DEFAULT_WORKSPACE), {}, self.strategy_name
         )
+        self.weights_digest = session.backend.fingerprint(session.model)
+        stamp = fingerprint(
+            [(op.name, op.type) for op in ops],
+            conf.to_dict(),
+            weights=self.weights_digest,
+            calibration=_calibration_digest(session),
+            evaluation=evaluator.identity(),
+            eval_data=evaluator.first_batch_digest(),
+        )
+        self.history.fingerprint = stamp
         self.resumed: dict[str, Trial] = {}
         resumed_baseline = None
         resumed_elapsed = 0.0
@@ -176,6 +214,17 @@ class Tuner:
     def _measure_baseline(self) -> Baseline:
         backend, model = self.session.backend, self.session.model
         accuracy = self.evaluator(backend, model)
+        if (
+            self.evaluator.eval_func is not None
+            and self.weights_digest is not None
+            and backend.fingerprint(model) != self.weights_digest
+        ):
+            # eval_func got the model itself (it could not be copied) and changed it: every
+            # later candidate would be built from the changed weights
+            raise DataError(
+                "eval_func changed the weights of the fp32 model it was given; evaluation "
+                "must not modify the model (evaluate a copy if it must change it)"
+            )
         if not math.isfinite(accuracy):
             raise DataError(
                 f"the fp32 model's accuracy is {accuracy}; tuning needs a finite number"
@@ -510,8 +559,37 @@ class Tuner:
         message = self._miss_message(best)
         log.info("%s\n%s", message, render(table))
         self.progress.write(render(table))
-        model = self._model_for(best, self._report(best, table)) if best else None
+        if best is not None:
+            model = self._model_for(best, self._report(best, table))
+        else:
+            model, why = self._unevaluated_default(table)
+            message = f"{message}; {why}"
         raise TuningError(message, model, table)
+
+    def _unevaluated_default(
+        self, table: list[dict[str, Any]]
+    ) -> tuple[QuantizedModel | None, str]:
+        """When no candidate could be scored: the default int8 model (not evaluated), or why
+        there is none."""
+        plan = self.session.default_plan
+        try:
+            native = self.natives.get(plan.key())
+            if native is None:
+                native = self.session.build(plan)
+        except (ConfigError, DataError):
+            raise
+        except Exception as exc:
+            return (
+                None,
+                f"no model to return: building the default int8 model failed ({describe(exc)})",
+            )
+        report = self._report(None, table)
+        report["tuning"]["unevaluated_default"] = True
+        report["quantized_ops"] = len(plan.quantized_ops())
+        report["float_ops"] = len(plan.float_ops())
+        result = self.session.wrap(native, plan, report)
+        result.report["per_op"] = result.op_report()
+        return result, "TuningError.best holds the default int8 model, which no evaluation scored"
 
     def _miss_message(self, best: Trial | None) -> str:
         crit = self.criterion
@@ -520,7 +598,9 @@ class Tuner:
         goal = f"{crit.criterion} loss <= {crit.tolerable_loss * scale:g}{unit}"
         head = f"no candidate met the accuracy goal ({goal}) in {len(self.trials)} trials ({self.stopped})"
         if best is None:
-            return f"{head}; every candidate failed inside the backend (see the trial table)"
+            errors = sorted({t.error for t in self.trials if t.error})
+            first = f": {errors[0]}" if errors else ""
+            return f"{head}; every candidate failed{first} (see the trial table)"
         if best.accuracy_met:
             base = self.baseline.latency if self.baseline else None
             return (
