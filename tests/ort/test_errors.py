@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from inc_core import PostTrainingQuantConfig, quantization
-from inc_core.errors import BackendNotAvailable, DataError, ModelError
+from inc_core.errors import BackendNotAvailable, ConfigError, DataError, ModelError
 
 STATIC = PostTrainingQuantConfig(approach="static")
 
@@ -146,3 +146,219 @@ def test_opset_below_10_is_converted_on_a_copy_and_said(cnn, calib, caplog):
     assert "opset 9" in caplog.text and "opset 13" in caplog.text
     assert {o.version for o in q.model.opset_import if o.domain in ("", "ai.onnx")} == {13}
     assert q.plan.quantized_ops()
+
+
+# --- the catalogue's table: each case a file the user gave, byte-identical afterwards, and
+# nothing left in the working or temporary directory
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """The working and tempfile directories of one case: both must stay as they were."""
+    import tempfile
+
+    work, tmp = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir()
+    tmp.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp_path
+
+
+def _listing(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def _opset(cnn, version):
+    model = onnx.ModelProto()
+    model.CopyFrom(cnn)
+    model.opset_import[0].version = version
+    return model
+
+
+def _quantized(cnn, calib, quant_format):
+    conf = PostTrainingQuantConfig(approach="static", quant_format=quant_format, guards=False)
+    return quantization.fit(cnn, conf, calib_dataloader=calib).model
+
+
+def _with_nan(calib, batch):
+    data = [(x.copy(), y) for x, y in calib]
+    data[batch][0][7, 0, 2, 2] = np.nan
+    return data
+
+
+def _folder(path):
+    path.mkdir()
+    return path
+
+
+def _file(path, content):
+    path.write_bytes(content)
+    return path
+
+
+def _external_without_data(cnn, work):
+    path = work / "external.onnx"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(cnn)  # save_model moves the tensors of the proto it is given to external data
+    onnx.save_model(
+        copy, str(path), save_as_external_data=True, location="external.onnx.data", size_threshold=0
+    )
+    (work / "external.onnx.data").unlink()
+    return path
+
+
+# (id, model maker(cnn, calib, work) -> model object or path, conf, calib maker, error, pattern)
+FILE_CASES = [
+    (
+        "opset-99",
+        lambda cnn, calib, work: _opset(cnn, 99),
+        STATIC,
+        lambda calib: calib,
+        ModelError,
+        r"opset 99; inc-ort runs opsets up to \d+ with onnx .*opset_version=",
+    ),
+    (
+        "already-quantized-qdq",
+        lambda cnn, calib, work: _quantized(cnn, calib, "QDQ"),
+        STATIC,
+        lambda calib: calib,
+        ModelError,
+        r"already quantized \(it holds \d+ (Quantize|Dequantize)Linear.*give it the fp32 model",
+    ),
+    (
+        "already-quantized-qoperator",
+        lambda cnn, calib, work: _quantized(cnn, calib, "QOperator"),
+        STATIC,
+        lambda calib: calib,
+        ModelError,
+        r"already quantized \(it holds .*QLinear.*fp32 model",
+    ),
+    (
+        "nan-in-a-later-batch",
+        lambda cnn, calib, work: cnn,
+        STATIC,
+        lambda calib: _with_nan(calib, 1),
+        DataError,
+        r"calib_dataloader batch 1: the input contains 1 NaN of \d+ values.*finite",
+    ),
+    (
+        "dtype-changes-in-a-later-batch",
+        lambda cnn, calib, work: cnn,
+        STATIC,
+        lambda calib: [calib[0][0], calib[1][0].astype(np.float16)],
+        DataError,
+        r"batch 1: the input has dtype float16 but batch 0's has float32",
+    ),
+    (
+        "string-calibration-data",
+        lambda cnn, calib, work: cnn,
+        STATIC,
+        lambda calib: [np.full((4, 1, 8, 8), "0.1")],
+        DataError,
+        r"batch 0: the input has dtype <U3 \(strings\).*numeric arrays",
+    ),
+    (
+        "inputs-names-given",
+        lambda cnn, calib, work: cnn,
+        None,  # the config itself is the bad input: built inside the case
+        lambda calib: calib,
+        ConfigError,
+        r"inputs=\['image'\] is not used by inc.*allowed: \[\]",
+    ),
+    (
+        "directory-named-like-a-model",
+        lambda cnn, calib, work: _folder(work / "folder.onnx"),
+        STATIC,
+        lambda calib: calib,
+        ModelError,
+        r"folder\.onnx does not exist or is not a file",
+    ),
+    (
+        "empty-file",
+        lambda cnn, calib, work: _file(work / "empty.onnx", b""),
+        STATIC,
+        lambda calib: calib,
+        ModelError,
+        r"empty\.onnx",
+    ),
+    (
+        "external-data-file-missing",
+        lambda cnn, calib, work: _external_without_data(cnn, work),
+        STATIC,
+        lambda calib: calib,
+        ModelError,
+        r"external\.onnx is not a readable ONNX model",
+    ),
+    (
+        "op-name-not-in-the-model",
+        lambda cnn, calib, work: cnn,
+        PostTrainingQuantConfig(
+            approach="static", op_name_dict={"conv9": {"activation": {"dtype": ["fp32"]}}}
+        ),
+        lambda calib: calib,
+        ConfigError,
+        r"'conv9' matches no op",
+    ),
+    (
+        "rules-keep-every-op-fp32",
+        lambda cnn, calib, work: cnn,
+        PostTrainingQuantConfig(
+            approach="static", op_name_dict={".*": {"activation": {"dtype": ["fp32"]}}}
+        ),
+        lambda calib: calib,
+        ConfigError,
+        r"op_name_dict keep every op of the model in fp32.*Remove a rule",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("maker", "conf", "data", "error", "pattern"),
+    [case[1:] for case in FILE_CASES],
+    ids=[case[0] for case in FILE_CASES],
+)
+def test_bad_model_or_data(cnn, calib, sandbox, maker, conf, data, error, pattern):
+    work = sandbox / "work"
+    model = maker(cnn, calib, work)
+    if isinstance(model, onnx.ModelProto):
+        before = model.SerializeToString()
+    elif model.is_file():
+        before = model.read_bytes()
+    else:
+        before = None
+    files = _listing(sandbox)
+    with pytest.raises(error, match=pattern):
+        conf = conf or PostTrainingQuantConfig(approach="static", inputs=["image"])
+        quantization.fit(model, conf, calib_dataloader=data(calib))
+    if isinstance(model, onnx.ModelProto):
+        assert model.SerializeToString() == before
+    elif before is not None:
+        assert model.read_bytes() == before
+    assert _listing(sandbox) == files
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the contract hook: OrtBackend.accepts_content = classmethod(lambda cls, path: "
+    "model_io.is_onnx_file(path)) in inc_ort/backend.py (not H6's file); the core side "
+    "(inc_core.session._by_content) and model_io.is_onnx_file are in",
+)
+def test_onnx_model_with_another_suffix_is_read_by_content(cnn_path, calib, sandbox):
+    path = sandbox / "work" / "model.bin"
+    path.write_bytes(cnn_path.read_bytes())
+    q = quantization.fit(str(path), STATIC, calib_dataloader=calib)
+    assert q.backend == "onnxrt" and q.plan.quantized_ops()
+    assert path.read_bytes() == cnn_path.read_bytes()
+
+
+def test_is_onnx_file_reads_content_not_names(cnn_path, tmp_path):
+    from inc_ort import model_io
+
+    renamed = tmp_path / "model.bin"
+    renamed.write_bytes(cnn_path.read_bytes())
+    text = tmp_path / "notes.onnx"
+    text.write_text("not a model")
+    assert model_io.is_onnx_file(renamed)
+    assert not model_io.is_onnx_file(text)
+    assert not model_io.is_onnx_file(tmp_path / "missing.onnx")
