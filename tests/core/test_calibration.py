@@ -5,11 +5,19 @@ from __future__ import annotations
 import gc
 import math
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
 
-from inc_core.calibration import ALGORITHMS, _kl_divergence, create_observer
+from inc_core.calibration import (
+    ALGORITHMS,
+    FAR_OCTAVES,
+    TOP,
+    CalibrationWarning,
+    _kl_divergence,
+    create_observer,
+)
 from inc_core.errors import ConfigError, DataError
 from inc_core.scheme import compute_qparams, fake_quantize
 
@@ -220,3 +228,99 @@ def test_bad_options_are_config_errors(options: dict[str, object]) -> None:
 def test_a_scheme_the_convention_lacks_is_refused() -> None:
     with pytest.raises(ConfigError, match="mxnet has no asym"):
         create_observer("kl", convention="mxnet", scheme="asym", dtype="uint8")
+
+
+# -- a few values orders of magnitude above the rest (issue 13: one 1e30 pixel) -----------------
+
+
+def _image_batches(outlier: float | None = None) -> list[np.ndarray]:
+    """Four batches of 50 8x8 'images' in [0, 1]; ``outlier`` replaces one pixel of batch 2."""
+    rng = np.random.default_rng(11)
+    batches = [rng.uniform(0.0, 1.0, (50, 1, 8, 8)) for _ in range(4)]
+    if outlier is not None:
+        batches[2][7, 0, 3, 4] = outlier
+    return batches
+
+
+def _range_and_warnings(
+    algorithm: str, batches: list[np.ndarray], **options: object
+) -> tuple[tuple[float, float], list[str]]:
+    observer = create_observer(algorithm, name="image", **options)  # type: ignore[arg-type]
+    for batch in batches:
+        observer.update(batch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = observer.range()
+    return found, [str(w.message) for w in caught if w.category is CalibrationWarning]
+
+
+def test_one_huge_value_makes_minmax_warn_naming_the_tensor_and_the_remedy() -> None:
+    (_, hi), messages = _range_and_warnings("minmax", _image_batches(1e30))
+    assert hi == 1e30  # minmax stays the exact range; the warning says what that does
+    assert len(messages) == 1
+    message = messages[0]
+    assert "calibration tensor 'image'" in message
+    assert "1 of 12800 non-zero values have |x| >= 6.34e+29" in message
+    assert "all below 1" in message and "round to 0" in message
+    assert "corrupt sample" in message and "'percentile' or 'kl'" in message
+
+
+@pytest.mark.parametrize("algorithm", HISTOGRAM_ALGORITHMS)
+@pytest.mark.parametrize("scheme", ["sym", "asym"])
+def test_histogram_observers_leave_a_few_huge_values_out(algorithm: str, scheme: str) -> None:
+    # the remedy the warning names must work: before, the histogram stretched to 2**100 and
+    # every other value shared its first bin, so kl/percentile/mse returned about 1e27..1e30
+    dtype = "uint8" if scheme == "asym" else "int8"
+    clean, _ = _range_and_warnings(algorithm, _image_batches(), dtype=dtype, scheme=scheme)
+    (lo, hi), messages = _range_and_warnings(
+        algorithm, _image_batches(1e30), dtype=dtype, scheme=scheme
+    )
+    assert messages == []  # nothing to warn about: the range leaves them out
+    assert lo == clean[0] and clean[1] - 0.01 <= hi <= 1.0  # the other values' range
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_ranges_with_a_huge_value_do_not_depend_on_batch_order(algorithm: str) -> None:
+    batches = _image_batches(-3e12)
+    expected, _ = _range_and_warnings(algorithm, batches)
+    for order in ([2, 0, 1, 3], [3, 1, 0, 2]):
+        assert _range_and_warnings(algorithm, [batches[i] for i in order])[0] == expected
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_no_warning_for_heavy_tails_or_moderate_outliers(
+    algorithm: str, gaussian_with_outliers: np.ndarray
+) -> None:
+    rng = np.random.default_rng(5)
+    relu = np.maximum(rng.normal(0.0, 1.0, 100_000), 0.0)  # half exact zeros
+    heavy = rng.lognormal(0.0, 3.0, 100_000)  # spans 2**-20 .. 2**20 with no gap
+    tiny_and_large = np.concatenate([rng.normal(0, 1e-6, 5_000), rng.normal(0, 1, 5_000)])
+    # a group beyond the gap, but too many to be implausible: 10% of the values
+    two_groups = np.concatenate([rng.normal(0, 1, 9_000), rng.normal(0, 1e6, 1_000)])
+    just_inside = np.concatenate([rng.uniform(-1, 1, 10_000), [2.0 ** (FAR_OCTAVES - 1)]])
+    for x in (gaussian_with_outliers, relu, heavy, tiny_and_large, two_groups, just_inside):
+        assert _range_and_warnings(algorithm, [x])[1] == []
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_too_many_far_values_to_leave_out_say_so(algorithm: str) -> None:
+    x = np.random.default_rng(6).normal(0.0, 1.0, 400_000)
+    x[: TOP + 10] = 1e20  # 1% of the values, more than the observers keep aside
+    (_, hi), messages = _range_and_warnings(algorithm, np.array_split(x, 4))
+    assert hi == 1e20 and len(messages) == 1
+    assert f"{TOP + 10} of 400000" in messages[0] and f"more than {TOP}" in messages[0]
+
+
+def test_the_warning_is_given_once_per_observer() -> None:
+    observer = create_observer("minmax", name="t")
+    observer.update(np.append(np.linspace(0.1, 1.0, 100), 1e9))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        observer.range()
+        observer.range()
+    assert len([w for w in caught if w.category is CalibrationWarning]) == 1
+
+
+def test_an_observer_name_must_be_a_string() -> None:
+    with pytest.raises(ConfigError, match=r"name=3 must be a string"):
+        create_observer("kl", name=3)  # type: ignore[arg-type]

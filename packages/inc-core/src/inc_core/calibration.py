@@ -29,11 +29,21 @@ Compared on the same data with MXNet 1.9.1's ``_get_optimal_threshold`` (8001 bi
 thresholds with the default 2048 bins were 3-9% off (normal 4.69 vs 4.51, Laplace 11.8 vs 10.8,
 ReLU'd normal 4.65 vs 4.50, normal plus outliers 4.75 vs 5.01): the same algorithm on a
 differently binned histogram.
+
+Every observer also counts ``|x|`` per power of two (one int per binary exponent, exact and
+order-free like the histogram). When a few values sit orders of magnitude above all the others,
+with nothing in between (a corrupt calibration sample: one 1e30 pixel gave the digits CNN 0.11
+accuracy instead of 0.99), ``range()`` warns with a ``CalibrationWarning`` that names the tensor
+(``create_observer(..., name=...)``), how many values, how far, and what to do.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
+import warnings
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,12 +53,28 @@ from .errors import ConfigError, DataError, not_allowed
 from .scheme import check_finite, check_supported, compute_qparams, integer_range
 from .space import ALGORITHMS
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BINS = 2048
 # Larger magnitudes would overflow the power-of-two radius; no activation is this large.
 _MAX_ABS = 2.0**1000
+#: A group of values at least 2**FAR_OCTAVES (256x) above every other value of the tensor, with
+#: no value in between, is implausible when it is at most FAR_SHARE of the values: with such a
+#: range one int8 step is wider than the rest of the tensor, which rounds to 0 or one level.
+#: (The tests' models and the outlier-free fixtures have at most 2 empty octaves between
+#: groups; a corrupt pixel of 1e30 leaves about 90.)
+FAR_OCTAVES = 8
+FAR_SHARE = 0.05
+
+
+class CalibrationWarning(UserWarning):
+    """Calibration saw values that make a tensor's int8 range implausible (see the message)."""
 
 
 class Observer(Protocol):
+    #: the tensor observed, as the backend names it (for messages); None when not given
+    name: str | None
+
     def update(self, values: Any) -> None:
         """Fold one batch of a tensor's values into the statistics."""
 
@@ -94,39 +120,239 @@ class _Scheme:
         return max(1, round(1.0 / float(params.scale)))
 
 
+@dataclass(frozen=True)
+class FarValues:
+    """A few values far above the rest of a tensor: ``count`` of ``total`` non-zero values are
+    at least ``low`` in magnitude (up to ``high``), every other one is below ``bulk``."""
+
+    count: int
+    total: int
+    low: float
+    high: float
+    bulk: float
+
+    @property
+    def ratio(self) -> float:
+        """How many times larger than the rest the far values are, at least."""
+        return self.low / self.bulk
+
+
+class Octaves:
+    """Counts of ``|x|`` per binary exponent: ``counts[e]`` holds 2**(e-1023) <= |x| < 2**(e-1022)
+    (float64's biased exponent; 0 holds zeros and subnormals, which no range is made of)."""
+
+    def __init__(self) -> None:
+        self.counts: NDArray[np.int64] = np.zeros(2048, dtype=np.int64)
+
+    def update(self, array: NDArray[np.float64]) -> None:
+        # the exponent bits of the float64 values: exact, and cheaper than np.frexp
+        exponents = (np.ascontiguousarray(array).view(np.int64) >> 52) & 0x7FF
+        self.counts += np.bincount(exponents.ravel(), minlength=2048)
+
+    def far(self) -> FarValues | None:
+        """The values at least 2**FAR_OCTAVES above all others, when they are a few; else None."""
+        occupied = np.flatnonzero(self.counts[1:]) + 1
+        if len(occupied) < 2:
+            return None
+        total = int(self.counts[1:].sum())
+        above = np.cumsum(self.counts[occupied][::-1])[::-1]  # above[i]: values in occupied[i:]
+        # gaps[i]: empty octaves between occupied[i] and occupied[i + 1], plus one
+        gaps = np.diff(occupied)
+        for i in range(len(gaps) - 1, -1, -1):  # the highest split first
+            count = int(above[i + 1])
+            if count > FAR_SHARE * total:
+                return None  # no minority above any lower split either
+            if gaps[i] - 1 >= FAR_OCTAVES:
+                return FarValues(
+                    count=count,
+                    total=total,
+                    low=math.ldexp(1.0, int(occupied[i + 1]) - 1023),
+                    high=math.ldexp(1.0, int(occupied[-1]) - 1022),
+                    bulk=math.ldexp(1.0, int(occupied[i]) - 1022),
+                )
+        return None
+
+
+def _warn_far(name: str | None, far: FarValues, algorithm: str, lo: float, hi: float) -> None:
+    what = f"calibration tensor {name!r}" if name else "a calibration tensor"
+    found = (
+        f"{what}: {far.count} of {far.total} non-zero values have |x| >= {far.low:.3g} (up to "
+        f"{far.high:.3g}), over {far.ratio:.3g}x every other value (all below {far.bulk:.3g})"
+    )
+    if far.count <= TOP:
+        remedy = (
+            "Check the calibration data for a corrupt sample; if such values are real, quantize "
+            "the ops reading this tensor with activation algorithm 'percentile' or 'kl' "
+            "(op_name_dict / op_type_dict), which leave them out, or keep those ops fp32"
+        )
+    else:  # too many to keep aside: no histogram observer can leave them out either
+        remedy = (
+            f"There are more than {TOP}, too many for 'percentile'/'kl' to leave out: check the "
+            "calibration data for a corrupt sample, or keep the ops reading this tensor fp32 "
+            "(op_name_dict)"
+        )
+    message = (
+        f"{found}; with the range [{lo:.3g}, {hi:.3g}] ({algorithm}) one int8 step is wider than "
+        f"every other value, which all round to 0 or one level. {remedy}"
+    )
+    log.warning("%s", message)
+    warnings.warn(message, CalibrationWarning, stacklevel=_user_frame())
+
+
+def _user_frame() -> int:
+    """The ``stacklevel`` of the first caller outside inc's packages (the user's fit call)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("inc_"):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
 class MinMaxObserver:
     """The exact min and max seen."""
 
-    def __init__(self, **scheme: Any) -> None:
+    algorithm = "minmax"
+
+    def __init__(self, name: str | None = None, **scheme: Any) -> None:
         _Scheme(**scheme)  # validated for a uniform create_observer(), unused by min/max
+        self.name = name
         self.min = math.inf
         self.max = -math.inf
+        self.octaves = Octaves()
+        self.warned = False  # once per observer: the range may be asked for more than once
 
     def update(self, values: Any) -> None:
         array = check_finite(values, "calibration tensor")
         if array.size:
             self.min = min(self.min, float(array.min()))
             self.max = max(self.max, float(array.max()))
+            self.octaves.update(array)
 
     def range(self) -> tuple[float, float]:
         if self.min > self.max:
             raise _no_values()
+        far = self.octaves.far()
+        if far is not None and not self.warned:
+            self.warned = True
+            _warn_far(self.name, far, self.algorithm, self.min, self.max)
         return self.min, self.max
 
 
-class HistogramObserver:
-    """Exact min/max plus a fixed-size histogram of the values; subclasses pick the threshold."""
+def _largest(
+    kept: NDArray[np.float64], array: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The ``TOP`` largest of ``kept`` and ``array`` by ``(|x|, x)``, ascending, and the rest.
 
-    def __init__(self, bins: int = DEFAULT_BINS, **scheme: Any) -> None:
+    The order is total, so which values are kept does not depend on batch order; values below
+    the smallest kept one (most of every batch once ``TOP`` are kept) skip the sort.
+    """
+    if len(kept) == TOP:
+        t = kept[0]
+        magnitude = np.abs(array)
+        candidate = (magnitude > abs(t)) | ((magnitude == abs(t)) & (array > t))
+        if not candidate.any():
+            return kept, array
+        pool, rest = np.concatenate([kept, array[candidate]]), array[~candidate]
+    else:
+        pool, rest = np.concatenate([kept, array]), array[:0]
+        if len(pool) > 4 * TOP:  # a first big batch: narrow it down before sorting
+            magnitude = np.abs(pool)
+            cut = np.partition(magnitude, len(pool) - TOP)[len(pool) - TOP]
+            rest, pool = pool[magnitude < cut], pool[magnitude >= cut]
+    order = np.lexsort((pool, np.abs(pool)))
+    pool = pool[order]
+    if len(pool) <= TOP:
+        return pool, rest
+    return pool[-TOP:], np.concatenate([rest, pool[:-TOP]])
+
+
+class _Bins:
+    """Counts over ``[-R, R)`` in ``bins`` equal bins, ``R`` a power of two grown to cover every
+    value added (merging bin pairs, exactly: see the module docstring)."""
+
+    def __init__(self, bins: int) -> None:
+        self.bins = bins
+        self.counts: NDArray[np.int64] = np.zeros(bins, dtype=np.int64)
+        self.radius: float | None = None  # None until a non-zero value is seen
+        self.zeros_before_radius = 0
+
+    def copy(self) -> _Bins:
+        other = _Bins(self.bins)
+        other.counts, other.radius = self.counts.copy(), self.radius
+        other.zeros_before_radius = self.zeros_before_radius
+        return other
+
+    def add(self, array: NDArray[np.float64], clipped: bool = False) -> None:
+        """Count ``array``; with ``clipped`` the radius does not grow and larger values count
+        in the edge bins (as if clipped to +-R)."""
+        if not array.size:
+            return
+        amax = float(np.abs(array).max())
+        if amax == 0.0 and self.radius is None:
+            self.zeros_before_radius += array.size
+            return
+        if clipped and self.radius is not None:
+            array = np.clip(array, -self.radius, self.radius)  # no int64 overflow for 1e30 / width
+        elif amax > 0.0:
+            self.cover(math.ldexp(1.0, math.frexp(amax)[1]))  # smallest power of two > amax
+        assert self.radius is not None
+        half = self.bins // 2
+        index = np.floor(array / (2.0 * self.radius / self.bins)).astype(np.int64) + half
+        np.clip(index, 0, self.bins - 1, out=index)
+        self.counts += np.bincount(index, minlength=self.bins)
+
+    def cover(self, radius: float) -> None:
+        if self.radius is None:
+            self.radius = radius
+            self.counts[self.bins // 2] += self.zeros_before_radius  # 0 sits in bin [0, width)
+            self.zeros_before_radius = 0
+            return
+        if radius <= self.radius:
+            return
+        doublings = math.frexp(radius)[1] - math.frexp(self.radius)[1]
+        half = self.bins // 2
+        # bin i holds [(i - half) w, (i - half + 1) w); with width w * 2**k it moves to
+        # floor((i - half) / 2**k) + half, exactly where its values would land now.
+        target = ((np.arange(self.bins, dtype=np.int64) - half) >> doublings) + half
+        grown = np.zeros(self.bins, dtype=np.int64)
+        np.add.at(grown, target, self.counts)
+        self.counts = grown
+        self.radius = radius
+
+
+#: How many of a tensor's largest values (by |x|) a histogram observer keeps exactly, outside
+#: its histogram: up to this many far values (``Octaves.far``) are left out of the histogram
+#: that kl/percentile/mse search, instead of stretching it until the rest share one bin.
+TOP = 4096
+
+
+class HistogramObserver:
+    """Exact min/max plus a fixed-size histogram of the values; subclasses pick the threshold.
+
+    The ``TOP`` largest values by ``(|x|, x)`` are kept aside exactly and binned only when the
+    range is asked for: into the same histogram (which is then the one of every value, as if
+    all were binned on arrival), or, when a few far values dwarf the rest, into a histogram
+    whose radius covers the rest, the far values counted in its edge bins.
+    """
+
+    algorithm = ""
+
+    def __init__(self, bins: int = DEFAULT_BINS, name: str | None = None, **scheme: Any) -> None:
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 8 or bins % 2:
             raise ConfigError(
                 f"bins={bins!r} must be an even integer >= 8 (default {DEFAULT_BINS})"
             )
         self.scheme = _Scheme(**scheme)
+        self.name = name
+        self.octaves = Octaves()
+        self.warned = False
         self.bins = bins
-        self.counts: NDArray[np.int64] = np.zeros(bins, dtype=np.int64)
-        self.radius: float | None = None  # None until a non-zero value is seen
-        self._zeros_before_radius = 0
+        self._stream = _Bins(bins)  # every value seen but those in self.top
+        self.top: NDArray[np.float64] = np.empty(0)  # ascending by (|x|, x)
+        # what the threshold search reads, composed by range()
+        self.counts: NDArray[np.int64] = self._stream.counts
+        self.radius: float | None = None
         self.zeros = 0  # exact zeros: representable in every scheme, so no search weighs them
         self.min = math.inf
         self.max = -math.inf
@@ -143,36 +369,26 @@ class HistogramObserver:
         lo, hi = float(array.min()), float(array.max())
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         amax = max(-lo, hi)
-        self.zeros += int(np.count_nonzero(array == 0.0))
         if amax > _MAX_ABS:
             raise DataError(f"calibration tensor has |x| = {amax:g}; values above 2**1000 overflow")
-        if amax == 0.0 and self.radius is None:
-            self._zeros_before_radius += array.size
-            return
-        if amax > 0.0:
-            self._cover(math.ldexp(1.0, math.frexp(amax)[1]))  # smallest power of two > amax
-        half = self.bins // 2
-        index = np.floor(array / self.width).astype(np.int64) + half
-        np.clip(index, 0, self.bins - 1, out=index)
-        self.counts += np.bincount(index, minlength=self.bins)
+        self.zeros += int(np.count_nonzero(array == 0.0))
+        self.octaves.update(array)
+        self.top, rest = _largest(self.top, array)
+        self._stream.add(rest)
 
-    def _cover(self, radius: float) -> None:
-        if self.radius is None:
-            self.radius = radius
-            self.counts[self.bins // 2] += self._zeros_before_radius  # 0 sits in bin [0, width)
-            self._zeros_before_radius = 0
-            return
-        if radius <= self.radius:
-            return
-        doublings = math.frexp(radius)[1] - math.frexp(self.radius)[1]
-        half = self.bins // 2
-        # bin i holds [(i - half) w, (i - half + 1) w); with width w * 2**k it moves to
-        # floor((i - half) / 2**k) + half, exactly where its values would land now.
-        target = ((np.arange(self.bins, dtype=np.int64) - half) >> doublings) + half
-        grown = np.zeros(self.bins, dtype=np.int64)
-        np.add.at(grown, target, self.counts)
-        self.counts = grown
-        self.radius = radius
+    def _compose(self) -> None:
+        """Set ``counts``/``radius`` for the search: all values, or the near ones with far
+        values (when all of them are among ``top``) clipped into the edge bins."""
+        far = self.octaves.far()
+        near, clipped = self.top, self.top[:0]
+        if far is not None and far.count <= len(self.top):
+            split = len(self.top) - far.count  # top is ascending: the far values are its last
+            near, clipped = self.top[:split], self.top[split:]
+        bins = self._stream.copy()
+        bins.add(near)
+        if bins.radius is not None:
+            bins.add(clipped, clipped=True)
+        self.counts, self.radius = bins.counts, bins.radius
 
     def _abs_counts(self, with_zeros: bool = True) -> NDArray[np.int64]:
         """Counts of |x| over [0, R): bin k holds k * width <= |x| < (k + 1) * width."""
@@ -185,11 +401,18 @@ class HistogramObserver:
     def range(self) -> tuple[float, float]:
         if self.min > self.max:
             raise _no_values()
+        self._compose()
         if self.radius is None:  # only zeros
             return self.min, self.max
         lo, hi = self._search()
         hi = min(self.max, hi)
-        return min(max(self.min, lo), hi), hi
+        lo = min(max(self.min, lo), hi)
+        far = self.octaves.far()
+        # the search clips far values away unless there are more than TOP of them
+        if far is not None and max(-lo, hi) >= far.low and not self.warned:
+            self.warned = True
+            _warn_far(self.name, far, self.algorithm, lo, hi)
+        return lo, hi
 
     def _symmetric(self, threshold: float) -> tuple[float, float]:
         return -threshold, threshold
@@ -201,8 +424,16 @@ class HistogramObserver:
 class PercentileObserver(HistogramObserver):
     """Keeps ``percentile`` percent of the values: of |x| when symmetric, each tail when asym."""
 
-    def __init__(self, percentile: float = 99.999, bins: int = DEFAULT_BINS, **scheme: Any) -> None:
-        super().__init__(bins, **scheme)
+    algorithm = "percentile"
+
+    def __init__(
+        self,
+        percentile: float = 99.999,
+        bins: int = DEFAULT_BINS,
+        name: str | None = None,
+        **scheme: Any,
+    ) -> None:
+        super().__init__(bins, name, **scheme)
         if isinstance(percentile, bool) or not isinstance(percentile, (int, float)):
             raise ConfigError(f"percentile={percentile!r} must be a number in (0, 100]")
         if not 0 < percentile <= 100:
@@ -225,6 +456,8 @@ class PercentileObserver(HistogramObserver):
 
 class KLObserver(HistogramObserver):
     """TensorRT's entropy calibration: the |x| threshold with the least KL divergence."""
+
+    algorithm = "kl"
 
     def _search(self) -> tuple[float, float]:
         counts = self._abs_counts(with_zeros=False)
@@ -281,6 +514,8 @@ def _smooth(counts: NDArray[np.float64], eps: float = 1e-4) -> NDArray[np.float6
 class MSEObserver(HistogramObserver):
     """The |x| threshold minimising the squared error of fake quantization over the histogram."""
 
+    algorithm = "mse"
+
     def _search(self) -> tuple[float, float]:
         used = int(np.flatnonzero(self._abs_counts())[-1]) + 1
         levels = self.scheme.steps_to_threshold(signed=self.min < 0)
@@ -329,8 +564,13 @@ OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def create_observer(algorithm: str = "minmax", **options: Any) -> Observer:
+def create_observer(
+    algorithm: str = "minmax", *, name: str | None = None, **options: Any
+) -> Observer:
     """A new observer for ``algorithm`` (minmax, kl, percentile, mse).
+
+    ``name`` is the tensor observed as the backend names it: warnings about implausible
+    ranges (``CalibrationWarning``) name it.
 
     Options: ``bins`` (histogram observers, default 2048), ``percentile`` (default 99.999), and
     the quantization the range is for: ``dtype`` (int8/uint8), ``scheme`` (sym/asym),
@@ -342,5 +582,7 @@ def create_observer(algorithm: str = "minmax", **options: Any) -> Observer:
     for key in options:
         if key not in OPTIONS[algorithm]:
             raise not_allowed(f"{algorithm} observer option", key, OPTIONS[algorithm])
-    observer: Observer = OBSERVERS[algorithm](**options)
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"observer name={name!r} must be a string (the tensor's name) or None")
+    observer: Observer = OBSERVERS[algorithm](name=name, **options)
     return observer

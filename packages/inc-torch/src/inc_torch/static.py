@@ -133,7 +133,7 @@ def prepare(
         try:
             # a failed FX attempt must leave ``model`` intact for the eager path
             candidate = copy.deepcopy(model) if mode is None else model
-            return _prepare_fx(candidate, plan, settings, example_inputs, qat)
+            return _named(_prepare_fx(candidate, plan, settings, example_inputs, qat))
         except ModelError:
             raise
         except Exception as exc:
@@ -149,6 +149,17 @@ def prepare(
             f"({type(exc).__name__}: {exc}) could prepare {type(model).__name__} for quantization"
         ) from exc
     prepared.fx_error = fx_error
+    return _named(prepared)
+
+
+def _named(prepared: Prepared) -> Prepared:
+    """Each observer learns the name of the tensor it observes, for the core's warnings (FX
+    shares one observer among a max pool, a flatten and their input: all names are given)."""
+    names: dict[int, list[str]] = {}
+    for key, observer in prepared.observers.items():
+        names.setdefault(id(observer), []).append(key)
+    for observer in prepared.observers.values():
+        observer.observer.name = " = ".join(names[id(observer)])
     return prepared
 
 
