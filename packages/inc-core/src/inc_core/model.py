@@ -198,7 +198,7 @@ def remove_stale_siblings(target: Path) -> list[Path]:
     Only hidden directories named after ``target`` by ``save`` whose writer process is gone
     (on this machine) are removed; a save in progress in another process is left alone.
     """
-    removed = []
+    removed: list[Path] = []
     if not target.parent.is_dir():
         return removed
     for kind in (_STAGING, _OLD):

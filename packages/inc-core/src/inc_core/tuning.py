@@ -559,6 +559,7 @@ class Tuner:
         message = self._miss_message(best)
         log.info("%s\n%s", message, render(table))
         self.progress.write(render(table))
+        model: QuantizedModel | None
         if best is not None:
             model = self._model_for(best, self._report(best, table))
         else:
