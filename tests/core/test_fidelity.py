@@ -8,9 +8,11 @@ import pytest
 from inc_core.fidelity import (
     MIN_CHANNEL_SQNR_DB,
     MIN_SQNR_DB,
+    SQNR_CLAMP_DB,
     channel_axis,
     channel_sqnr_db,
     compare,
+    sqnr_db,
 )
 
 
@@ -73,3 +75,31 @@ def test_batches_of_different_shapes_skip_the_channel_check():
     result = compare([[short], [long]], [[short], [long]])
     assert "channel_sqnr_db" not in result["outputs"][0]
     assert result["holds"]
+
+
+def test_sqnr_in_float32_agrees_with_float64_and_non_finite_values_take_the_exact_path():
+    rng = np.random.default_rng(2)
+    ref = (rng.standard_normal(200_000) * 3 + 1).astype(np.float32)
+    out = ref + (rng.standard_normal(ref.size) * 0.05).astype(np.float32)
+    exact = sqnr_db(ref.astype(np.float64), out.astype(np.float64))
+    assert sqnr_db(ref, out) == pytest.approx(exact, abs=1e-4)
+    # float32 squares overflow at 1e20: the float64 path gives the value
+    assert sqnr_db(ref * 1e20, out * 1e20) == pytest.approx(exact, abs=1e-4)
+    assert sqnr_db(ref, out.astype(np.float64)) == pytest.approx(exact, abs=1e-4)
+    broken = out.copy()
+    broken[5] = np.inf
+    assert sqnr_db(ref, broken) == -SQNR_CLAMP_DB  # int8 non-finite where fp32 is finite
+    masked = ref.copy()
+    masked[5] = -np.inf  # fp32 itself holds an -inf (an attention mask): left out
+    assert sqnr_db(masked, np.where(np.isinf(masked), masked, out)) == pytest.approx(
+        exact, abs=0.01
+    )
+
+
+def test_compare_of_several_batches_matches_one_joined_batch():
+    head = _yolo_head(np.random.default_rng(3))
+    int8 = _quantized_together(head)
+    whole = compare([[head]], [[int8]])
+    parts = compare([[head[:1]], [head[1:]]], [[int8[:1]], [int8[1:]]])
+    for key in ("sqnr_db", "cosine", "channel_sqnr_db"):
+        assert parts[key] == pytest.approx(whole[key], abs=1e-9)

@@ -377,10 +377,95 @@ class Constant(ToyBackend):
 
 def test_timing_stops_early_when_clear_of_the_ratio_the_decision_is_made_by():
     bench = speed.Bench(Constant(), 1.0, np.zeros((2, 2)))
-    # 1.1 x fp32 is too close to "not faster" (0.97) to stop early ...
-    assert len(bench.time(1.1).ratios) == speed.ROUNDS
+    # 1.0 x fp32 is too close to "not faster" (0.97) to stop early; all rounds decide ...
+    timing = bench.time(1.0)
+    assert (len(timing.ratios), timing.verdict) == (speed.ROUNDS, "above")
     # ... but far below a current model at 1.5 x: a candidate is judged against that
-    assert len(bench.time(1.1, margin=1.5 * speed.IMPROVES).ratios) == speed.MIN_ROUNDS
+    timing = bench.time(1.0, 1.5 * speed.IMPROVES)
+    assert (len(timing.ratios), timing.verdict) == (speed.MIN_ROUNDS, "below")
+
+
+# -- the speed guard's decision rule on noisy rounds (no clocks: constructed sequences) --------
+
+
+def rounds(*ratios: float) -> tuple[list[float], list[float]]:
+    """Rounds of an fp32 model at 10 ms and a candidate at ``ratio`` x that, one per ratio."""
+    return [0.01] * len(ratios), [0.01 * r for r in ratios]
+
+
+def test_verdict_needs_the_dead_band_and_says_tie_inside_it():
+    limit = speed.NOT_FASTER
+    assert speed.verdict(*rounds(0.5), limit) is None  # one round never decides
+    assert speed.verdict(*rounds(0.8, 0.8), limit) is None  # two rounds never decide
+    assert speed.verdict(*rounds(0.8, 0.8, 0.8), limit) == "below"  # > EARLY_BAND below
+    assert speed.verdict(*rounds(0.92, 0.92, 0.92), limit) is None  # inside it: go on
+    assert speed.verdict(*rounds(*[0.92] * 5), limit, final=True) == "below"  # final band
+    assert speed.verdict(*rounds(*[0.96] * 5), limit, final=True) is None  # a tie
+    assert speed.verdict(*rounds(*[0.98] * 5), limit, final=True) is None
+    assert speed.verdict(*rounds(*[1.02] * 5), limit, final=True) == "above"
+
+
+def test_verdict_leaves_out_a_busy_round_and_widens_with_the_spread():
+    limit = speed.NOT_FASTER
+    # the candidate's runs of one round hit by a busy machine: its best round stands
+    fp32, model = rounds(0.80, 0.82, 3.0, 0.79, 0.81)
+    assert speed.verdict(fp32, model, limit, final=True) == "below"
+    # fp32's runs of one round hit: fp32's best round stands
+    fp32, model = [0.01, 0.01, 0.04, 0.01, 0.01], [0.012] * 5
+    assert speed.verdict(fp32, model, limit, final=True) == "above"
+    # a best round that no other round comes near does not decide: it may be the one quiet
+    # moment of a machine busy all along, or a busy moment of the other model
+    fp32, model = rounds(0.80, 1.3, 1.25, 1.2, 1.3)
+    assert speed.verdict(fp32, model, limit, final=True) is None
+
+
+class Noisy(ToyBackend):
+    """A "model" is its true milliseconds per batch; each latency call returns it slowed (load
+    never speeds a run up) by a busy machine: a few percent of jitter, and in a tenth of the
+    calls another process takes a core (x1.3 to x3) -- constructed, seeded sequences, no
+    clock."""
+
+    name = "noisy"
+    BUSY = 0.1
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.rng = np.random.default_rng(seed)
+
+    def latency(self, model: Any, inputs: Any) -> float:
+        slow = self.rng.uniform(1.3, 3.0) if self.rng.random() < self.BUSY else 1.0
+        return float(model) * 1e-3 * slow * (1.0 + abs(self.rng.normal(0.0, 0.03)))
+
+
+@pytest.mark.parametrize(
+    ("true_ratio", "act", "acts"),
+    [
+        (0.55, "above", False),  # int8 clearly faster: never searched
+        (0.80, "above", False),
+        (1.20, "above", True),  # clearly slower: always searched
+        (0.75, "below", True),  # a candidate clearly below the limit: always kept
+        (1.10, "below", False),  # clearly above: never kept
+    ],
+)
+def test_the_decision_is_the_same_on_every_run_of_a_busy_machine(true_ratio, act, acts):
+    """The guard acts (searches for "above", keeps a candidate for "below") when the verdict is
+    ``act``; 200 runs on differently busy machines all act the same way."""
+    answers = set()
+    for seed in range(200):
+        bench = speed.Bench(Noisy(seed), 10.0, np.zeros((2, 2)))
+        answers.add(bench.decide(10.0 * true_ratio, speed.NOT_FASTER, act).verdict == act)
+    assert answers == {acts}
+
+
+@pytest.mark.parametrize("true_ratio", [0.90, 0.94, 1.0, 1.04])
+def test_near_the_limit_the_decision_is_never_the_wrong_side(true_ratio):
+    """Within a few percent of the limit a run may say "tie" (which changes nothing) but never
+    the side opposite to the truth: the guard acts the same way on every run."""
+    wrong = "above" if true_ratio < speed.NOT_FASTER else "below"
+    for act in ("above", "below"):
+        for seed in range(200):
+            bench = speed.Bench(Noisy(seed), 10.0, np.zeros((2, 2)))
+            assert bench.decide(10.0 * true_ratio, speed.NOT_FASTER, act).verdict != wrong
 
 
 def test_the_per_op_diagnosis_runs_on_a_few_samples_of_the_batch():
@@ -429,6 +514,16 @@ def test_below_the_threshold_the_most_sensitive_ops_fall_back_until_it_holds():
     assert q.plan.float_ops() == ["mm"]
     (message,) = q.guard_warnings
     assert "kept the" in message and "most sensitive op(s) in fp32" in message
+    assert set(fid["before"]) == {"cosine", "sqnr_db", "agreement", "channel_sqnr_db"}
+
+
+def test_the_warning_says_when_a_lost_channel_failed_a_passing_sqnr():
+    lost = {"sqnr_db": 31.0, "cosine": 0.9995, "agreement": None, "channel_sqnr_db": -1.6}
+    text = guards._metrics_text(lost)
+    assert "SQNR 31.0 dB" in text and "worst channel -1.6 dB (a channel is lost)" in text
+    kept = guards._metrics_text(dict(lost, channel_sqnr_db=9.2))
+    assert "worst channel 9.2 dB" in kept and "lost" not in kept
+    assert "channel" not in guards._metrics_text(dict(lost, channel_sqnr_db=None))
 
 
 def test_fallback_order_takes_lowest_sqnr_and_earliest_in_turn():

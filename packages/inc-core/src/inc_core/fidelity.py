@@ -62,24 +62,48 @@ def as_arrays(value: Any, prefix: str = "output") -> list[tuple[str, np.ndarray]
     array = np.asarray(value)
     if array.dtype.kind not in "fcbiu":
         return []  # strings, objects: nothing to compare numerically
-    return [(prefix if prefix != "output" else "output0", array.astype(np.float64))]
+    # float32 stays float32 (no copy): the metrics below accumulate safely in it
+    return [(prefix if prefix != "output" else "output0", _floats(array))]
 
 
 def sqnr_db(reference: Any, test: Any) -> float:
     """10*log10(power of ``reference`` / power of ``test - reference``), clamped to +-200 dB.
 
     A non-finite value in ``test`` where ``reference`` is finite is the worst case (-200).
+    Computed in the outputs' own precision (float32 for float32 outputs, no float64 copies:
+    the per-op diagnosis runs it on every op output of the model; numpy's pairwise sums keep
+    float32 within ~1e-7 of float64 here); a non-finite sum (a non-finite value, or float32
+    overflow) takes the exact float64 path.
     """
-    ref = np.asarray(reference, dtype=np.float64).ravel()
-    out = np.asarray(test, dtype=np.float64).ravel()
+    ref = _floats(np.asarray(reference)).ravel()
+    out = _floats(np.asarray(test)).ravel()
     if ref.shape != out.shape:
         raise ValueError(f"outputs differ in size: {ref.size} (fp32) vs {out.size} (int8)")
+    if ref.dtype != out.dtype:
+        ref, out = ref.astype(np.float64), out.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        noise = _power(out - ref)
+        signal = _power(ref)
+    if math.isfinite(noise) and math.isfinite(signal):
+        return _db(signal, noise)
+    return _exact_sqnr_db(ref.astype(np.float64), out.astype(np.float64))
+
+
+def _exact_sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
+    """``sqnr_db`` over the finite fp32 values, in float64."""
     finite = np.isfinite(ref)
     if not np.isfinite(out[finite]).all():
         return -SQNR_CLAMP_DB
     ref, out = ref[finite], out[finite]
-    noise = float(np.sum((out - ref) ** 2))
-    signal = float(np.sum(ref**2))
+    return _db(float(np.sum(ref**2)), float(np.sum((out - ref) ** 2)))
+
+
+def _power(array: np.ndarray) -> float:
+    """Sum of squares (pairwise summation: accurate in float32 too)."""
+    return float(np.sum(np.square(array)))
+
+
+def _db(signal: float, noise: float) -> float:
     if noise == 0.0:
         return SQNR_CLAMP_DB
     if signal == 0.0:
@@ -90,12 +114,14 @@ def sqnr_db(reference: Any, test: Any) -> float:
 
 def cosine(reference: Any, test: Any) -> float:
     """Cosine similarity of the flattened outputs (1.0 when both are all zero)."""
-    ref = np.nan_to_num(np.asarray(reference, dtype=np.float64).ravel())
-    out = np.nan_to_num(np.asarray(test, dtype=np.float64).ravel())
-    norms = float(np.linalg.norm(ref) * np.linalg.norm(out))
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    out = np.asarray(test, dtype=np.float64).ravel()
+    if not (np.isfinite(ref).all() and np.isfinite(out).all()):
+        ref, out = np.nan_to_num(ref), np.nan_to_num(out)
+    norms = math.sqrt(_power(ref) * _power(out))
     if norms == 0.0:
         return 1.0 if not ref.any() and not out.any() else 0.0
-    return float(np.dot(ref, out) / norms)
+    return float(np.sum(ref * out) / norms)
 
 
 def is_class_output(array: np.ndarray) -> bool:
@@ -118,8 +144,8 @@ def channel_axis(array: np.ndarray) -> int | None:
 
 def channel_sqnr_db(reference: np.ndarray, test: np.ndarray, axis: int) -> float:
     """The lowest SQNR of the slices along ``axis`` whose fp32 values are not all zero."""
-    ref = np.moveaxis(np.asarray(reference, dtype=np.float64), axis, 0)
-    out = np.moveaxis(np.asarray(test, dtype=np.float64), axis, 0)
+    ref = np.moveaxis(_floats(np.asarray(reference)), axis, 0)
+    out = np.moveaxis(_floats(np.asarray(test)), axis, 0)
     values = [
         sqnr_db(r, o)
         for r, o in zip(ref, out, strict=True)
@@ -154,18 +180,22 @@ def compare(references: Sequence[Any], tests: Sequence[Any]) -> dict[str, Any]:
     for index, name in enumerate(names):
         ref = [batch[index][1] for batch in ref_batches]
         out = [batch[index][1] for batch in test_batches]
+        # one concatenation per side serves every metric: along the batch axis where the
+        # batches agree in their other axes (the channel comparison needs the shape), else flat
+        shaped = all(a.ndim >= 1 and a.shape[1:] == ref[0].shape[1:] for a in ref + out)
+        ref_all, out_all = (_cat(ref), _cat(out)) if shaped else (_flat(ref), _flat(out))
         row: dict[str, Any] = {
             "output": name,
-            "cosine": cosine(_cat(ref), _cat(out)),
-            "sqnr_db": sqnr_db(_cat(ref), _cat(out)),
+            "cosine": cosine(ref_all, out_all),
+            "sqnr_db": sqnr_db(ref_all, out_all),
         }
         if all(is_class_output(r) for r in ref):
             hits = [agreement(r, o) * _positions(r) for r, o in zip(ref, out, strict=True)]
             row["agreement"] = sum(hits) / max(1, sum(_positions(r) for r in ref))
         axis = channel_axis(ref[0]) if ref else None
-        if axis is not None and all(r.shape[1:] == ref[0].shape[1:] for r in ref + out):
+        if axis is not None and shaped:
             row["channel_axis"] = axis
-            row["channel_sqnr_db"] = channel_sqnr_db(np.concatenate(ref), np.concatenate(out), axis)
+            row["channel_sqnr_db"] = channel_sqnr_db(ref_all, out_all, axis)
         outputs.append(row)
     summary: dict[str, Any] = {
         "cosine": min((o["cosine"] for o in outputs), default=1.0),
@@ -202,7 +232,19 @@ def threshold() -> dict[str, float]:
     }
 
 
+def _floats(array: np.ndarray) -> np.ndarray:
+    """``array`` as floats: float32/float64 as they are, anything else as float64."""
+    return array if array.dtype in (np.float32, np.float64) else array.astype(np.float64)
+
+
 def _cat(arrays: list[np.ndarray]) -> np.ndarray:
+    """Batches of one output joined along the batch axis (one array: no copy)."""
+    if not arrays:
+        return np.zeros(0)
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def _flat(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0)
 
 

@@ -36,7 +36,7 @@ from .errors import ConfigError, DataError, GuardWarning
 from .model import QuantizedModel
 from .session import Session
 from .space import QuantPlan
-from .speed import CLEAR, IMPROVES, NOT_FASTER, Bench, Timing
+from .speed import EARLY_BAND, IMPROVES, NOT_FASTER, Bench, Timing
 from .strategy.space import TuningSpace
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,9 @@ SEARCH_MIN_SECONDS = 2.0
 MAX_CANDIDATES = 8
 #: a model with one quantized op type is searched in this many contiguous regions of ops
 MAX_REGIONS = 4
-#: int8 at or below this ratio to fp32 is clearly faster: the backend's variants (another
-#: quantization format) are timed only above it, where they may pay for their cost
-CLEARLY_FASTER = NOT_FASTER * (1 - CLEAR)
+#: int8 clearly below this ratio to fp32 (``speed.verdict``) is clearly faster: the backend's
+#: variants (another quantization format) are timed otherwise, where they may pay for their cost
+CLEARLY_FASTER = NOT_FASTER * (1 - EARLY_BAND)
 #: the per-op diagnosis runs on this many samples of the batch: on nudenet-320n 4 of 8 samples
 #: rank the ops' sqnr_db as 8 do (Spearman 0.99, median change 0.3 dB) at half the cost of
 #: running both models with every op output exposed
@@ -217,11 +217,14 @@ class Guards:
     # -- the steps --------------------------------------------------------------------------
 
     def run(self, plan: QuantPlan, native: Any) -> tuple[QuantPlan, Any]:
-        sqnr = self._op_sqnr(native, plan.quantized_ops())
         default_plan = plan
-        plan, native = self._fidelity(plan, native, sqnr)
+        plan, native, sqnr = self._fidelity(plan, native)
         plan, native = self._speed(plan, native)
-        final_sqnr = sqnr if plan == default_plan else self._op_sqnr(native, plan.quantized_ops())
+        # the per-op diagnosis of the returned model: the default plan's when the fidelity
+        # guard needed it to rank ops and nothing changed since, else measured once here
+        if sqnr is None or plan != default_plan:
+            sqnr = self._op_sqnr(native, plan.quantized_ops())
+        final_sqnr = sqnr
         self.report["op_diagnosis"] = diagnose(
             self.backend, self.session.model, plan, native, self.op_batch, final_sqnr
         )
@@ -247,20 +250,22 @@ class Guards:
             return {}
 
     def _fidelity(
-        self, plan: QuantPlan, native: Any, sqnr: dict[str, float]
-    ) -> tuple[QuantPlan, Any]:
+        self, plan: QuantPlan, native: Any
+    ) -> tuple[QuantPlan, Any, dict[str, float] | None]:
+        """The fidelity guard. Returns the plan, its model, and the default plan's per-op
+        ``sqnr_db`` when it was measured (only to rank ops for a fallback)."""
         held = self.session.held_out
         if not held:
             self.report["fidelity"] = {
                 "skipped": "no calibration batches to compare outputs on (calib_func, or no "
                 "calibration data)"
             }
-            return plan, native
+            return plan, native, None
         try:
             references = [self.backend.predict(self.session.model, x) for x in held]
         except NotImplementedError:
             self.report["fidelity"] = {"skipped": f"backend {self.backend.name!r} has no predict"}
-            return plan, native
+            return plan, native, None
         info: dict[str, Any] = {
             "threshold": fidelity.threshold(),
             "held_out_batches": len(held),
@@ -276,7 +281,8 @@ class Guards:
         before = self._compare(references, native)
         if before["holds"]:
             info.update(before)
-            return plan, native
+            return plan, native, None
+        sqnr = self._op_sqnr(native, plan.quantized_ops())
         ranked = fallback_order(plan, self.space.fallback_candidates(plan), sqnr)
         steps: list[dict[str, Any]] = []
         chosen = (plan, native, before, 0)
@@ -301,7 +307,9 @@ class Guards:
         plan, native, after, count = chosen
         self._holds = bool(after["holds"])
         info.update(after)
-        info["before"] = {k: before[k] for k in ("cosine", "sqnr_db", "agreement")}
+        info["before"] = {
+            k: before[k] for k in ("cosine", "sqnr_db", "agreement", "channel_sqnr_db")
+        }
         info["steps"] = steps
         # the order the ops fell back in (lowest sqnr_db first), as far as it matters
         info["ranked"] = [{"op": n, "sqnr_db": sqnr.get(n)} for n in ranked[: max(8, 2 * count)]]
@@ -312,8 +320,9 @@ class Guards:
             _warn(
                 f"int8 outputs were below the fidelity threshold on held-out calibration data "
                 f"({what}; threshold: SQNR >= {fidelity.MIN_SQNR_DB:g} dB, or argmax agreement >= "
-                f"{fidelity.MIN_AGREEMENT:g}); kept the {count} most sensitive op(s) in fp32: "
-                f"{_names(names)}; now {_metrics_text(after)}. See report['fallback']"
+                f"{fidelity.MIN_AGREEMENT:g}, and every channel >= "
+                f"{fidelity.MIN_CHANNEL_SQNR_DB:g} dB); kept the {count} most sensitive op(s) in "
+                f"fp32: {_names(names)}; now {_metrics_text(after)}. See report['fallback']"
             )
         else:
             _warn(
@@ -321,7 +330,7 @@ class Guards:
                 f"even with {count} op(s) in fp32 ({_names(names)}): {_metrics_text(after)} "
                 f"(was {what}). Check the calibration data, or give an eval_func to tune"
             )
-        return plan, native
+        return plan, native, sqnr
 
     def _compare(self, references: list[Any], native: Any) -> dict[str, Any]:
         outputs = [self.backend.predict(native, x) for x in self.session.held_out]
@@ -336,26 +345,25 @@ class Guards:
             return plan, native
         try:
             bench = Bench(self.backend, self.session.model, self.batch)
-            timing = bench.time(native)
+            # "above" is measured twice before acting: one busy stretch must not cost int8 ops
+            timing = bench.decide(native, NOT_FASTER, act="above")
         except NotImplementedError:
             self.report["speed"] = {"skipped": f"backend {self.backend.name!r} has no latency"}
             return plan, native
-        slower = False
-        if timing.ratio >= NOT_FASTER:
-            # re-measure before acting: one busy stretch must not cost the user int8 ops
-            slower, timing = bench.confirmed(native, timing, NOT_FASTER)
+        # a tie (rounds that cannot tell) counts as "not slower": the default model stays
+        slower = timing.verdict == "above"
         first = timing
         search = _Search(bench, plan, native, timing)
-        if timing.ratio > CLEARLY_FASTER:
+        if timing.against(CLEARLY_FASTER) != "below":
             # not clearly faster: the backend's other builds of the same plan may be
             self._variants(search)
-            slower = slower and search.timing.ratio >= NOT_FASTER
+            slower = slower and _slower(search)
         if slower:
             search.next_stage()
             self._fallbacks(search)
         plan, native, timing = search.plan, search.native, search.timing
         self.report["speed"] = _speed_report(timing, self.batch, bench.calls, first, search.tried)
-        if slower and timing.ratio >= NOT_FASTER:
+        if slower and _slower(search):
             fallen = [_names(r["fp32"]) for r in search.tried if "fp32" in r]
             kept = [row["op"] for row in self.fallback if row["why"] == "slower"]
             also = f"kept {_names(kept)} in fp32 (faster so), but " if kept else ""
@@ -397,7 +405,7 @@ class Guards:
             if not candidate.quantized_ops():
                 continue  # the guard returns an int8 model, never the fp32 one
             kept = self._try(search, f"fp32: {name}", candidate, fp32=todo)
-            if kept and search.timing.ratio < NOT_FASTER:
+            if kept and not _slower(search):
                 break
 
     def _try(
@@ -420,7 +428,7 @@ class Guards:
             if check_fidelity and not self._faithful(built, row):
                 row["kept"] = False
                 return False
-            measured = search.bench.time(built, margin=limit)
+            measured = search.bench.decide(built, limit, act="below")
         except (ConfigError, DataError):
             raise
         except Exception as exc:
@@ -428,12 +436,8 @@ class Guards:
             row.update(error=f"{type(exc).__name__}: {exc}", kept=False)
             return False
         row.update(ratio=round(measured.ratio, 4), kept=False)
-        if measured.ratio > limit:
-            return False
-        faster, measured = search.bench.confirmed_below(built, measured, limit)
-        row["ratio"] = round(measured.ratio, 4)
-        if not faster:
-            return False
+        if measured.verdict != "below":
+            return False  # slower, or a tie: the current model stays
         row["kept"] = True
         before = search.timing.ratio
         search.plan, search.native, search.timing = candidate, built, measured
@@ -489,6 +493,11 @@ class Guards:
             return {}
 
 
+def _slower(search: _Search) -> bool:
+    """Whether the current model is still clearly not faster than fp32 (a tie is not)."""
+    return search.timing.against(NOT_FASTER) == "above"
+
+
 @dataclass
 class _Search:
     """The speed search's state: the best model so far, its timing, and what was tried."""
@@ -520,13 +529,16 @@ def _speed_report(
     timing: Timing, batch: Any, calls: int, first: Timing, tried: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """``report["speed"]``: the returned model against fp32 (medians of the same rounds)."""
+    said = timing.against(NOT_FASTER)
     out: dict[str, Any] = {
         "fp32_ms": round(timing.fp32_ms, 4),
         "int8_ms": round(timing.model_ms, 4),
         "ratio": round(timing.ratio, 4),
         "batch": batch_size(batch),
         "rounds": len(timing.ratios),
-        "faster": timing.ratio < NOT_FASTER,
+        "faster": said == "below",
+        # the sequential test's answer: "faster", "not faster", or "tie" (rounds could not tell)
+        "verdict": {"below": "faster", "above": "not faster", None: "tie"}[said],
         "latency_calls": calls,
     }
     if tried:
@@ -540,6 +552,12 @@ def _metrics_text(metrics: dict[str, Any]) -> str:
     text = f"SQNR {metrics['sqnr_db']:.1f} dB, cosine {metrics['cosine']:.4f}"
     if metrics.get("agreement") is not None:
         text += f", argmax agreement {metrics['agreement']:.3f}"
+    channel = metrics.get("channel_sqnr_db")
+    if channel is not None:
+        text += f", worst channel {channel:.1f} dB"
+        if channel < fidelity.MIN_CHANNEL_SQNR_DB:
+            # a whole-output SQNR that passes must not read as if nothing failed
+            text += " (a channel is lost)"
     return text
 
 

@@ -1,35 +1,89 @@
 """Interleaved latency comparisons against the fp32 model, for the speed guard.
 
 A loaded machine slows whatever runs while the load lasts, so a model is never timed alone:
-each round times the fp32 model and then the candidate, and the decision rests on the median
-of the per-round ratios (candidate / fp32). One slow round moves the median little; a load
-that lasts for a whole measurement slows both models of each round alike.
+each round times the fp32 model and then the candidate. Load only ever slows a run, so each
+model's time is its best round, and the ratio is best over best (a busy stretch that hits
+only one model's runs in a round, which moves a per-round ratio anywhere, leaves the best
+rounds alone; a load that lasts the whole measurement slows both models alike).
+
+A decision is a sequential test (``verdict``): rounds go on until the ratio is clearly on
+one side of the limit the caller decides by -- by a dead band, and by the uncertainty that
+the gap between each model's two best rounds shows (a best round that no other round comes
+near to may be the busy one of the other model's) -- or the rounds run out. Rounds that
+cannot tell give a tie (``None``), and every caller treats a tie the same way (as "no
+change"), so the same model on a busy machine gets the same answer instead of whichever side
+of the line its measurement happened to fall on.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .backend import Backend
 
-#: rounds per measurement, and ``latency`` calls of the batch per model per round
+#: rounds per measurement at most, and ``latency`` calls of the batch per model per round
 ROUNDS = 5
 CALLS = 3
 #: seconds of runs per model per round: a batch that takes longer runs once per round (a big
 #: model at batch 8 takes ~0.4 s: three runs per round would cost more than quantizing it)
 LONG_RUN = 0.1
-#: a measurement may stop after this many rounds when all of them are CLEAR away from the margin
-MIN_ROUNDS = 2
-CLEAR = 0.15
+#: a measurement decides after this many rounds at the earliest: the two best of 3 rounds are
+#: both from a busy stretch only when all 3 runs of a model were (with 2 rounds, one run in 10
+#: slowed makes that 1 in 100 measurements)
+MIN_ROUNDS = 3
+#: the dead band around the limit, as a share of it: before ``ROUNDS`` rounds a decision needs
+#: the median EARLY_BAND away (a few rounds can share one quiet or busy stretch); after them
+#: BAND away, about the drift of medians of one model between measurements on a busy 2-core
+#: machine
+EARLY_BAND = 0.10
+BAND = 0.03
+#: the ratio must also be this many times its uncertainty away (from the two best rounds)
+Z = 2.0
 #: int8 counts as "not faster" at >= 97% of fp32's time, a margin above the few percent
 #: by which medians of the same model drift between rounds on a busy 2-core machine
 NOT_FASTER = 0.97
 #: a candidate replaces the current model only when it takes <= 97% of its time (same reason)
 IMPROVES = 0.97
+Verdict = Literal["below", "above"]
+
+
+def best_ratio(fp32: Sequence[float], model: Sequence[float]) -> float:
+    """The candidate's best round over fp32's best round (< 1: the candidate is faster)."""
+    best = min(fp32, default=0.0)
+    return min(model, default=0.0) / best if best > 0 else float("inf")
+
+
+def verdict(
+    fp32: Sequence[float], model: Sequence[float], limit: float, final: bool = False
+) -> Verdict | None:
+    """Where ``best_ratio`` of the rounds (seconds per batch of each model, one entry per
+    round) lies against ``limit``: ``"below"``, ``"above"``, or ``None`` while the rounds
+    cannot tell (a tie when ``final``: no more rounds will come).
+
+    The ratio must be away from ``limit`` by the dead band (``EARLY_BAND`` before the last
+    round, ``BAND`` at it) and by ``Z`` times its uncertainty: the relative gaps between each
+    model's best and second-best rounds, combined. Rounds slowed at random leave two best
+    rounds that agree; a best round that is the only quiet one (or the only busy-free one of a
+    model whose other rounds all ran busy) stands alone and widens the gap, so more rounds
+    run. A pure function of the numbers: the unit tests feed it noisy sequences.
+    """
+    n = min(len(fp32), len(model))
+    if n < MIN_ROUNDS or not math.isfinite(limit):
+        return None
+    f, m = sorted(fp32[:n]), sorted(model[:n])
+    if f[0] <= 0 or m[0] <= 0:
+        return None  # a clock that did not move: nothing to tell
+    ratio = m[0] / f[0]
+    spread = ratio * math.hypot(f[1] / f[0] - 1, m[1] / m[0] - 1)
+    half = max((BAND if final else EARLY_BAND) * limit, Z * spread)
+    if ratio <= limit - half:
+        return "below"
+    if ratio >= limit + half:
+        return "above"
+    return None
 
 
 @dataclass
@@ -38,6 +92,9 @@ class Timing:
 
     fp32: list[float] = field(default_factory=list)
     model: list[float] = field(default_factory=list)
+    #: the sequential test's answer against ``limit``, the ratio the rounds were measured for
+    verdict: Verdict | None = None
+    limit: float | None = None
 
     @property
     def ratios(self) -> list[float]:
@@ -47,26 +104,27 @@ class Timing:
 
     @property
     def ratio(self) -> float:
-        """Median of the per-round ratios: < 1 means the candidate is faster."""
-        return float(statistics.median(self.ratios))
+        """``best_ratio``: < 1 means the candidate is faster."""
+        return best_ratio(self.fp32, self.model)
 
     @property
     def fp32_ms(self) -> float:
-        return float(statistics.median(self.fp32)) * 1e3
+        """fp32's best round, in milliseconds."""
+        return min(self.fp32, default=0.0) * 1e3
 
     @property
     def model_ms(self) -> float:
-        return float(statistics.median(self.model)) * 1e3
+        return min(self.model, default=0.0) * 1e3
+
+    def against(self, limit: float) -> Verdict | None:
+        """The verdict against ``limit``: the measured one for its own limit, else these
+        rounds judged against it (no more rounds will come: final)."""
+        if limit == self.limit:
+            return self.verdict
+        return verdict(self.fp32, self.model, limit, final=True)
 
     def __add__(self, other: Timing) -> Timing:
-        return Timing(self.fp32 + other.fp32, self.model + other.model)
-
-
-def _clear(ratios: Sequence[float], margin: float = NOT_FASTER) -> bool:
-    """Every ratio at least ``CLEAR`` below or above ``margin``, all on the same side."""
-    return all(r <= margin * (1 - CLEAR) for r in ratios) or all(
-        r >= margin * (1 + CLEAR) for r in ratios
-    )
+        return Timing(self.fp32 + other.fp32, self.model + other.model, limit=self.limit)
 
 
 class Bench:
@@ -82,8 +140,9 @@ class Bench:
         self.fp32 = fp32
         self.batch = batch
         self.want_calls = calls
-        #: decided by the first fp32 run: ``calls`` copies of the batch, or one for a long run
-        self.inputs: Sequence[Any] | None = None
+        #: the inputs of one model's turn in a round: ``calls`` copies of the batch, or fewer
+        #: for a long run; decided by the first fp32 run
+        self.inputs: list[Any] = []
         self.calls = 0
 
     def _fp32(self) -> float:
@@ -92,7 +151,7 @@ class Bench:
         run is its own median; three runs of a 0.4 s model would cost more than quantizing
         it); a short one is timed again with that many runs."""
         self.calls += 1
-        if self.inputs is None:
+        if not self.inputs:
             once = float(self.backend.latency(self.fp32, [self.batch]))
             runs = min(self.want_calls, max(1, math.ceil(LONG_RUN / max(once, 1e-9))))
             self.inputs = [self.batch] * runs
@@ -101,30 +160,30 @@ class Bench:
             self.calls += 1
         return float(self.backend.latency(self.fp32, self.inputs))
 
-    def time(self, model: Any, rounds: int = ROUNDS, margin: float = NOT_FASTER) -> Timing:
-        """Interleaved rounds; after ``MIN_ROUNDS`` it stops early when every ratio so far is
-        clearly on one side of ``margin``, the ratio the caller decides by (more rounds could
-        not change the decision)."""
-        timing = Timing()
-        for _ in range(rounds):
+    def time(self, model: Any, limit: float = NOT_FASTER, rounds: int = ROUNDS) -> Timing:
+        """Interleaved rounds until ``verdict`` decides against ``limit`` (the ratio the
+        caller decides by), at most ``rounds``; the answer is in ``Timing.verdict``."""
+        timing = Timing(limit=limit)
+        for done in range(1, rounds + 1):
             timing.fp32.append(self._fp32())
-            assert self.inputs is not None
             timing.model.append(float(self.backend.latency(model, self.inputs)))
             self.calls += 1
-            if len(timing.fp32) >= MIN_ROUNDS and _clear(timing.ratios, margin):
+            timing.verdict = verdict(timing.fp32, timing.model, limit, final=done == rounds)
+            if timing.verdict is not None:
                 break
         return timing
 
-    def confirmed(self, model: Any, first: Timing, slower_than: float) -> tuple[bool, Timing]:
-        """Whether a second measurement again puts ``model`` at ratio >= ``slower_than`` (the
-        first said so). Returns the answer and the timing to report: both measurements merged
-        when they agree, else the second (the first was a busy stretch)."""
-        second = self.time(model, margin=slower_than)
-        agree = second.ratio >= slower_than
-        return agree, first + second if agree else second
-
-    def confirmed_below(self, model: Any, first: Timing, limit: float) -> tuple[bool, Timing]:
-        """Whether a second measurement again puts ``model`` at ratio <= ``limit``."""
-        second = self.time(model, margin=limit)
-        agree = second.ratio <= limit
-        return agree, first + second if agree else second
+    def decide(self, model: Any, limit: float, act: Verdict) -> Timing:
+        """``time``, and when its verdict is ``act`` (the side the caller acts on: "above"
+        puts ops in fp32, "below" keeps a candidate) a second measurement: one busy stretch
+        must not make the guard act. Returns both merged when the second agrees, else the
+        second alone (the first was the busy stretch); ``verdict`` is the answer."""
+        first = self.time(model, limit)
+        if first.verdict != act:
+            return first
+        second = self.time(model, limit)
+        if second.verdict != act:
+            return second
+        merged = first + second
+        merged.verdict = act
+        return merged
