@@ -98,10 +98,8 @@ def test_a_worker_killed_mid_trial_reruns_that_trial(client, tmp_path):
     )
     assert marker.exists(), "the doomed trial ran on a worker and killed it"
     killed = int(marker.read_text())
-    assert killed != os.getpid()
-    with pytest.raises(ProcessLookupError):
-        os.kill(killed, 0)  # that worker process is gone
     assert on_cluster.plan == serial.plan
     assert table(on_cluster) == table(serial), "the killed trial ran again, once"
     client.wait_for_workers(2, timeout=120)  # the nanny replaced the worker
     assert len(set(client.scheduler_info()["workers"]) - workers) >= 1
+    assert killed not in client.run(os.getpid).values(), "the killed process is no worker now"
