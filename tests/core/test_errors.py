@@ -102,12 +102,7 @@ class Case:
     error: type[BaseException]
     parts: tuple[str, ...]
     model: Callable[[NumpyMLP], Any] = lambda mlp: mlp
-    #: what may stay behind: tuning creates its workspace (INC 2.x's ./nc_workspace) before
-    #: the baseline, so that a workspace that cannot be a folder fails before any evaluation
-    leaves: tuple[str, ...] = ()
 
-
-TUNING_WORKSPACE = ("work/nc_workspace",)
 
 CASES = [
     # --- calibration data: each batch is checked against the first, and named by its index
@@ -251,7 +246,6 @@ CASES = [
         },
         DataError,
         ("eval_dataloader must yield (input, label) pairs",),
-        leaves=TUNING_WORKSPACE,
     ),
     Case(
         "eval-loader-empty",
@@ -263,7 +257,6 @@ CASES = [
         },
         DataError,
         ("eval_dataloader yielded no batches",),
-        leaves=TUNING_WORKSPACE,
     ),
     Case(
         "eval-metric-not-a-metric",
@@ -281,14 +274,12 @@ CASES = [
         lambda x, y: {"conf": STATIC, "calib_dataloader": batches(x), "eval_func": lambda m: "0.9"},
         DataError,
         ("eval_func must return a real number", "str", "'0.9'"),
-        leaves=TUNING_WORKSPACE,
     ),
     Case(
         "eval-func-returns-a-bool",
         lambda x, y: {"conf": STATIC, "calib_dataloader": batches(x), "eval_func": lambda m: True},
         DataError,
         ("eval_func must return a real number", "bool"),
-        leaves=TUNING_WORKSPACE,
     ),
     Case(
         "eval-func-returns-nan",
@@ -299,14 +290,12 @@ CASES = [
         },
         DataError,
         ("accuracy is nan", "finite number"),
-        leaves=TUNING_WORKSPACE,
     ),
     Case(
         "eval-func-raises",
         lambda x, y: {"conf": STATIC, "calib_dataloader": batches(x), "eval_func": raising_eval},
         UserEvalError,
         ("bug in the user's code",),
-        leaves=TUNING_WORKSPACE,
     ),
     Case(
         "eval-func-and-eval-loader-together",
@@ -430,15 +419,9 @@ def test_bad_input(case: Case, mlp: NumpyMLP, blobs: Any, sandbox: Path) -> None
     if case.error.__module__.startswith("inc_core"):
         assert isinstance(exc.value, IncError)
     assert fingerprint(mlp) == before
-    assert listing(sandbox) == sorted([*files, *case.leaves])
+    assert listing(sandbox) == files
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tuning.py's _history_file creates ./nc_workspace before the fp32 baseline, and a "
-    "baseline that fails leaves it behind empty (owner: tuning; fix: check the path, create "
-    "the folder at the first history write)",
-)
 def test_a_tuning_error_before_any_trial_leaves_no_workspace(mlp, blobs, sandbox):
     files = listing(sandbox)
     with pytest.raises(UserEvalError):

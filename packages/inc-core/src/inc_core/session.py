@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 def select_backend(model: Any, conf: Any) -> Backend:
     """The backend for ``model``, checked against the config's backend and device."""
+    _refuse_saved_result(model)
     try:
         backend = registry.for_model(model)
     except ModelError as exc:
@@ -39,6 +40,15 @@ def select_backend(model: Any, conf: Any) -> Backend:
         )
     backend.check_config(conf)
     return backend
+
+
+def _refuse_saved_result(model: Any) -> None:
+    """A folder that ``QuantizedModel.save`` wrote is already int8: say how to read it."""
+    if isinstance(model, (str, Path)) and (Path(model) / "inc.json").is_file():
+        raise ModelError(
+            f"{model} holds a model inc already quantized (it has inc.json): read it back with "
+            "inc_core.load(path); to quantize again, give the fp32 model"
+        )
 
 
 def _by_content(model: Any) -> Backend | None:
@@ -207,7 +217,12 @@ def prepare_session(
     native = backend.load_model(model, conf)
     ops = backend.ops(native)
     if not ops:
-        raise ModelError(f"the model has no op that {backend.framework} can quantize")
+        approach = "static" if conf.approach == "auto" else conf.approach
+        kinds = ", ".join(sorted(backend.capability(approach, conf.device)))
+        raise ModelError(
+            f"the model has no op that {backend.framework} can quantize; {backend.framework} "
+            f"quantizes these op types ({approach}): {kinds or 'none'}"
+        )
     has_calibration = calib_dataloader is not None or calib_func is not None
     approach = conf.approach
     if approach == "auto":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,7 +41,7 @@ from inc_core.space import (
     TensorRanges,
 )
 
-from . import convert, diagnose, qat
+from . import convert, diagnose, loading, qat
 from . import layers as kl
 from .points import patch, points, tensors
 from .runtime import IoSpec, TfLiteModel
@@ -111,24 +110,11 @@ class TfBackend(Backend):
 
     @classmethod
     def accepts(cls, model: Any) -> bool:
-        if isinstance(model, (str, Path)):
-            path = Path(model)
-            return path.suffix == ".keras" or (path / "saved_model.pb").is_file()
-        # keras is imported already when the user built a Keras model (subclasses included)
-        return "keras" in sys.modules and isinstance(model, keras.Model)
+        # every Keras/TF object and Keras file: the wrong ones get loading.load's error
+        return loading.could_be_ours(model)
 
     def load_model(self, model: Any, conf: Any) -> Any:
-        if isinstance(model, (str, Path)):
-            path = Path(model)
-            if (path / "saved_model.pb").is_file():
-                raise ModelError(
-                    f"{path} is a SavedModel: Keras 3 loads it only as an opaque TFSMLayer, whose "
-                    "layers inc cannot calibrate or quantize. Pass the Keras model object or its "
-                    ".keras file (model.save('model.keras')) instead."
-                )
-            if not path.is_file():
-                raise ModelError(f"{path} does not exist")
-            model = keras.saving.load_model(path, compile=False)
+        model = loading.load(model)
         kl.check_graph_model(model)
         return model
 
