@@ -8,10 +8,12 @@ default plan is built, unless ``PostTrainingQuantConfig(guards=False)``:
 2. **Fidelity guard** -- int8 vs fp32 model outputs on calibration inputs held back from
    calibration (``inc_core.fidelity``). Below the threshold the most sensitive ops (lowest
    ``sqnr_db``) fall back to fp32, 1, 2, 4, ... of them, until it holds.
-3. **Speed guard** -- fp32 vs int8 latency on one batch (``inc_core.speed``). When int8 is not
-   faster, candidates with one op type (or, in a one-type model, one region of ops) in fp32 are
-   timed, and each that is clearly faster is kept (greedy, bounded). When nothing pays, the
-   fastest int8 model found is returned with a warning.
+3. **Speed guard** -- fp32 vs int8 latency on one batch (``inc_core.speed``: interleaved
+   rounds until a sequential test with a dead band decides, so a busy machine gives the same
+   answer run after run). Unless int8 is clearly faster, candidates with one op type (or, in a
+   one-type model, one region of ops) in fp32 are timed, and each that is clearly faster is
+   kept (greedy, bounded). When int8 stays clearly slower, the fastest int8 model found is
+   returned with a warning.
 
 Fidelity goes first: a fallback for speed only ever makes outputs closer to fp32, not the
 other way round. The report keys are ``fidelity``, ``speed``, ``fallback``, ``op_diagnosis``
@@ -350,14 +352,15 @@ class Guards:
         except NotImplementedError:
             self.report["speed"] = {"skipped": f"backend {self.backend.name!r} has no latency"}
             return plan, native
-        # a tie (rounds that cannot tell) counts as "not slower": the default model stays
-        slower = timing.verdict == "above"
+        # a tie (rounds that cannot tell) is searched too: the search keeps only candidates
+        # clearly faster, so a search that finds none changes nothing; only "above" warns
+        slower = timing.verdict != "below"
         first = timing
         search = _Search(bench, plan, native, timing)
         if timing.against(CLEARLY_FASTER) != "below":
             # not clearly faster: the backend's other builds of the same plan may be
             self._variants(search)
-            slower = slower and _slower(search)
+            slower = slower and not _faster(search)
         if slower:
             search.next_stage()
             self._fallbacks(search)
@@ -405,7 +408,7 @@ class Guards:
             if not candidate.quantized_ops():
                 continue  # the guard returns an int8 model, never the fp32 one
             kept = self._try(search, f"fp32: {name}", candidate, fp32=todo)
-            if kept and not _slower(search):
+            if kept and _faster(search):
                 break
 
     def _try(
@@ -491,6 +494,11 @@ class Guards:
         except Exception as exc:
             log.warning("speed guard: kernel_groups failed: %s: %s", type(exc).__name__, exc)
             return {}
+
+
+def _faster(search: _Search) -> bool:
+    """Whether the current model is clearly faster than fp32 (by the ``NOT_FASTER`` margin)."""
+    return search.timing.against(NOT_FASTER) == "below"
 
 
 def _slower(search: _Search) -> bool:
