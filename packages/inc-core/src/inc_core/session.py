@@ -32,7 +32,7 @@ def select_backend(model: Any, conf: Any) -> Backend:
     try:
         backend = registry.for_model(model)
     except ModelError as exc:
-        backend = _by_content(model) or _raise_true_cause(model, exc)
+        backend = _by_content(model) or _hinted(model, conf, exc) or _raise_true_cause(model, exc)
     if conf.backend not in backend.config_backends:
         allowed = ", ".join(repr(b) for b in backend.config_backends)
         raise ConfigError(
@@ -65,6 +65,31 @@ def _by_content(model: Any) -> Backend | None:
                 return cls()
         except Exception as exc:  # a plugin's bug must not hide the others' answer
             log.warning("skipping backend %s: accepts_content() raised %r", cls.name, exc)
+    return None
+
+
+def _hinted(model: Any, conf: Any, exc: ModelError) -> Backend | None:
+    """When the plugin the model's type or suffix points at is installed but its ``accepts``
+    said no, let its ``load_model`` judge: its error names what the model is and what that
+    backend takes (never "pip install" a plugin that is installed); a model it can load is
+    quantized by it."""
+    hint = registry.install_hint(model)
+    for cls in sorted(registry.available().values(), key=lambda b: (b.priority, b.name)):
+        if hint is None or cls.package != hint:
+            continue
+        backend = cls()
+        try:
+            backend.load_model(model, conf)
+        except IncError:
+            raise
+        except Exception as failed:
+            kind = f"{type(model).__module__}.{type(model).__qualname__}"
+            where = f" ({model!s})" if isinstance(model, (str, Path)) else ""
+            raise ModelError(
+                f"{hint} is installed, but its backend {cls.name!r} does not take a model of "
+                f"type {kind}{where}: {type(failed).__name__}: {_first_line(failed)}"
+            ) from exc
+        return backend
     return None
 
 

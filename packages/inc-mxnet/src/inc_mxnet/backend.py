@@ -46,6 +46,38 @@ def _is_mxnet_object(model: Any) -> bool:
     return any(cls.__module__.split(".")[0] == "mxnet" for cls in type(model).__mro__)
 
 
+# INC's recipe defaults: a recipe given with its default value changes nothing and is fine here
+_RECIPE_DEFAULTS: dict[str, Any] = {
+    "first_conv_or_matmul_quantization": True,
+    "last_conv_or_matmul_quantization": True,
+    "pre_post_process_quantization": True,
+    "smooth_quant": False,
+    "fast_bias_correction": False,
+    "weight_correction": False,
+}
+
+
+def _refuse_ignored_settings(conf: Any) -> None:
+    """Settings MXNet's int8 path has no use for are errors, not silently dropped."""
+    if conf.reduce_range:
+        raise ConfigError(
+            "reduce_range=True is not available for mxnet: oneDNN's int8 kernels use the full "
+            "8 bits; leave reduce_range unset (allowed: None, False)"
+        )
+    if conf.quant_format != "default":
+        raise ConfigError(
+            f"quant_format={conf.quant_format!r} is an ONNX Runtime setting; mxnet has one int8 "
+            "format (allowed: 'default')"
+        )
+    for key, value in (getattr(conf, "recipes", None) or {}).items():
+        if key not in _RECIPE_DEFAULTS or value != _RECIPE_DEFAULTS[key]:
+            allowed = ", ".join(f"{k}={v}" for k, v in _RECIPE_DEFAULTS.items())
+            raise ConfigError(
+                f"recipes[{key!r}]={value!r} is not available for mxnet (inc-mxnet runs no "
+                f"recipes); allowed: only the defaults ({allowed})"
+            )
+
+
 class MxnetBackend(Backend):
     name = "mxnet"
     package = "inc-mxnet"
@@ -108,6 +140,7 @@ class MxnetBackend(Backend):
                 "approach='dynamic' is not available for mxnet models (MXNet has no dynamic "
                 "quantization); allowed: 'static', 'auto'"
             )
+        _refuse_ignored_settings(conf)
         for rules in (conf.op_type_dict or {}, conf.op_name_dict or {}):
             for rule in rules.values():
                 for fields in rule.values():

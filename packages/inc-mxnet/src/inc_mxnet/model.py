@@ -21,6 +21,15 @@ SYMBOL_SUFFIX = "-symbol.json"
 PARAMS_SUFFIX = ".params"
 
 
+def mxnet_reason(exc: BaseException) -> str:
+    """The informative line of an MXNet error (its message carries a C++ traceback)."""
+    text = str(exc)
+    if "MXNetError:" in text:
+        text = text.rsplit("MXNetError:", 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
 @dataclass(frozen=True)
 class FloatGraph:
     """An fp32 MXNet graph and its parameters (copies: never the user's arrays)."""
@@ -40,12 +49,37 @@ def is_model_path(model: Any) -> bool:
     return False
 
 
+TAKES = (
+    f"inc-mxnet takes a gluon.HybridBlock, a path to '<prefix>{SYMBOL_SUFFIX}' or a "
+    "(symbol_file, params_file) pair (what HybridBlock.export(prefix) writes)"
+)
+
+
+def is_params_path(model: Any) -> bool:
+    """A path to a ``.params`` file alone: the graph is in its ``-symbol.json`` sibling."""
+    return isinstance(model, (str, Path)) and str(model).endswith(PARAMS_SUFFIX)
+
+
 def from_user_model(model: Any) -> FloatGraph:
     """The float graph of a Gluon block or of symbol files; a ``ModelError`` says what is wrong."""
     if isinstance(model, FloatGraph):
         return model
+    if is_params_path(model):
+        raise ModelError(
+            f"{model} holds parameters only; the graph is in '<prefix>{SYMBOL_SUFFIX}': pass that "
+            f"path (its .params sibling is found) or the (symbol_file, params_file) pair. {TAKES}"
+        )
     if is_model_path(model):
-        return from_files(*_symbol_and_params(model))
+        graph = from_files(*_symbol_and_params(model))
+        check_not_quantized(graph.symbol, str(model))
+        return graph
+    from .runtime import GraphBlock
+
+    if isinstance(model, GraphBlock):
+        raise ModelError(
+            "this is already an int8 model (the GraphBlock inc-mxnet returned); quantize the "
+            "fp32 block it was made from"
+        )
     if isinstance(model, gluon.HybridBlock):
         return from_block(model)
     if isinstance(model, gluon.Block):
@@ -54,10 +88,31 @@ def from_user_model(model: Any) -> FloatGraph:
             "hybridized: MXNet quantizes a symbolic graph. Derive the model from gluon.HybridBlock "
             "(implement hybrid_forward) or pass exported '<prefix>-symbol.json' and '.params' files"
         )
-    raise ModelError(
-        f"inc-mxnet takes a gluon.HybridBlock, a path to '<prefix>{SYMBOL_SUFFIX}' or a "
-        f"(symbol_file, params_file) pair; got {type(model).__module__}.{type(model).__qualname__}"
+    raise ModelError(f"{TAKES}; got {type(model).__module__}.{type(model).__qualname__}")
+
+
+#: ops only an int8 MXNet graph holds (quantize/dequantize, quantized kernels)
+_QUANTIZED_PREFIXES = ("_contrib_quantize", "_contrib_quantized_", "_contrib_dequantize")
+
+
+def check_not_quantized(symbol: mx.sym.Symbol, where: str) -> None:
+    """A ``ModelError`` when ``symbol`` is already int8 (quantize ops or quantized fused kernels)."""
+    import json
+
+    nodes = json.loads(symbol.tojson())["nodes"]
+    found = sorted(
+        {
+            n["op"]
+            for n in nodes
+            if n["op"].startswith(_QUANTIZED_PREFIXES)
+            or str(n.get("attrs", {}).get("quantized", "")).lower() == "true"
+        }
     )
+    if found:
+        raise ModelError(
+            f"{where} is already quantized (it holds {', '.join(found[:4])}); inc quantizes fp32 "
+            "graphs: give it the fp32 model the int8 one was made from"
+        )
 
 
 def _input_count(block: gluon.HybridBlock) -> int:
@@ -85,12 +140,14 @@ def from_block(block: gluon.HybridBlock) -> FloatGraph:
             f"{', '.join(names)}): {type(exc).__name__}: {exc}. MXNet quantizes a symbolic graph: "
             "hybrid_forward must use only F.* operators (no .asnumpy(), no Python branching on values)"
         ) from exc
-    symbol = mx.sym.Group(list(out)) if isinstance(out, (list, tuple)) else out
-    if not isinstance(symbol, mx.sym.Symbol):
+    outputs = _flat(out)
+    if not outputs or not all(isinstance(o, mx.sym.Symbol) for o in outputs):
         raise ModelError(
             f"{type(block).__name__} returned {type(out).__name__} for symbolic inputs: "
             "it cannot be hybridized into a graph"
         )
+    # recurrent layers return (output, [states]): every symbol becomes an output of the graph
+    symbol = outputs[0] if len(outputs) == 1 else mx.sym.Group(outputs)
     arrays: dict[str, mx.nd.NDArray] = {}
     for name, param in block.collect_params().items():
         try:
@@ -104,6 +161,12 @@ def from_block(block: gluon.HybridBlock) -> FloatGraph:
     args = {n: a for n, a in arrays.items() if n not in aux_names}
     auxs = {n: a for n, a in arrays.items() if n in aux_names}
     return FloatGraph(symbol, args, auxs, names)
+
+
+def _flat(out: Any) -> list[Any]:
+    if isinstance(out, (list, tuple)):
+        return [item for part in out for item in _flat(part)]
+    return [out]
 
 
 def _symbol_and_params(model: Any) -> tuple[Path, Path]:
@@ -140,7 +203,8 @@ def from_files(symbol_file: Path, params_file: Path) -> FloatGraph:
         args, auxs = load_params(params_file)
     except Exception as exc:
         raise ModelError(
-            f"could not read MXNet model {symbol_file} + {params_file}: {exc}"
+            f"could not read MXNet model {symbol_file} + {params_file} ({mxnet_reason(exc)}); "
+            f"give the files HybridBlock.export(prefix) wrote. {TAKES}"
         ) from exc
     data_names = tuple(n for n in symbol.list_arguments() if n not in args and n not in auxs)
     if not data_names:

@@ -25,14 +25,16 @@ def as_inputs(batch: Any, data_names: Sequence[str]) -> dict[str, mx.nd.NDArray]
                 f"input batch has keys {sorted(batch)}; the model's inputs are {list(data_names)}"
             )
         items = [batch[n] for n in data_names]
-    elif isinstance(batch, (tuple, list)) and len(data_names) > 1:
+    elif isinstance(batch, (tuple, list)) and (len(data_names) > 1 or len(batch) != 1):
         items = list(batch)
+    elif isinstance(batch, (tuple, list)):
+        items = [batch[0]]
     else:
         items = [batch]
     if len(items) != len(data_names):
         raise DataError(
             f"the model takes {len(data_names)} input(s) ({', '.join(data_names)}), "
-            f"a batch gave {len(items)}"
+            f"a batch gave {len(items)}; give a tuple in input order or a dict by input name"
         )
     return {name: _as_nd(value) for name, value in zip(data_names, items, strict=True)}
 
@@ -138,15 +140,25 @@ def forward_tensors(
     executors: dict[tuple[Any, ...], Any] = {}
     for inputs in batches:
         shape_key = tuple((n, a.shape) for n, a in inputs.items())
-        if shape_key not in executors:
-            executors[shape_key] = group.bind(
-                mx.cpu(),
-                {**arg_params, **{n: mx.nd.zeros(a.shape) for n, a in inputs.items()}},
-                aux_states=dict(aux_params),
-                grad_req="null",
-            )
-        executor = executors[shape_key]
-        for name, value in inputs.items():
-            executor.arg_dict[name][:] = value
-        values = executor.forward(is_train=False)
+        try:
+            if shape_key not in executors:
+                executors[shape_key] = group.bind(
+                    mx.cpu(),
+                    {**arg_params, **{n: mx.nd.zeros(a.shape) for n, a in inputs.items()}},
+                    aux_states=dict(aux_params),
+                    grad_req="null",
+                )
+            executor = executors[shape_key]
+            for name, value in inputs.items():
+                executor.arg_dict[name][:] = value
+            values = executor.forward(is_train=False)
+            values[0].wait_to_read()  # MXNet runs lazily: a shape error surfaces here
+        except mx.base.MXNetError as exc:
+            from .model import mxnet_reason
+
+            shapes = ", ".join(f"{n}={tuple(a.shape)}" for n, a in inputs.items())
+            raise DataError(
+                f"calibration inputs of shape {shapes} do not fit the model: "
+                f"{mxnet_reason(exc)}; give batches of the shape the model was built for"
+            ) from exc
         yield {name: v.asnumpy() for name, v in zip(tensors, values, strict=True)}
