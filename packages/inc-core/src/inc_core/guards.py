@@ -366,7 +366,10 @@ class Guards:
             self._fallbacks(search)
         plan, native, timing = search.plan, search.native, search.timing
         self.report["speed"] = _speed_report(timing, self.batch, bench.calls, first, search.tried)
-        if slower and _slower(search):
+        # a tie whose best rounds put int8 at or above fp32 is said too: a busy machine that
+        # cannot tell must not hand back a slower int8 model silently
+        unclear = search.timing.against(NOT_FASTER) is None and timing.ratio >= 1.0
+        if slower and (_slower(search) or unclear):
             fallen = [_names(r["fp32"]) for r in search.tried if "fp32" in r]
             kept = [row["op"] for row in self.fallback if row["why"] == "slower"]
             also = f"kept {_names(kept)} in fp32 (faster so), but " if kept else ""
