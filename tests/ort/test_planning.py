@@ -126,3 +126,60 @@ def test_kernel_names_map_back_to_op_names_that_hold_slashes():
     assert kernels.origin("fc_quant", known) == "fc"
     assert kernels.origin("/model.0/conv/Conv", known) == "/model.0/conv/Conv"
     assert kernels.origin("fc_quant") == "fc"  # without names: inc's and onnxruntime's suffixes
+
+
+def _lcnet_like() -> onnx.ModelProto:
+    """PP-LCNet's shape: a 3-channel stem, depthwise 3x3 and 5x5 convs, 1x1 convs widening
+    16 -> 32 -> 64 -> 128 channels."""
+    rng = np.random.default_rng(0)
+    h = onnx.helper
+    layers = [  # name, out, in per group, kernel, group
+        ("stem", 16, 3, 3, 1),
+        ("dw3", 16, 1, 3, 16),
+        ("pw16", 32, 16, 1, 1),
+        ("dw5", 32, 1, 5, 32),
+        ("pw32", 64, 32, 1, 1),
+        ("pw64", 128, 64, 1, 1),
+    ]
+    nodes, inits, prev = [], [], "x"
+    for name, out, cin, k, group in layers:
+        w = rng.standard_normal((out, cin, k, k)).astype(np.float32) * 0.1
+        inits.append(onnx.numpy_helper.from_array(w, f"{name}.w"))
+        nodes.append(
+            h.make_node(
+                "Conv", [prev, f"{name}.w"], [name], name=name, group=group, pads=[k // 2] * 4
+            )
+        )
+        prev = name
+    graph = h.make_graph(
+        nodes,
+        "lcnet_like",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+        [h.make_tensor_value_info(prev, onnx.TensorProto.FLOAT, [1, 128, 16, 16])],
+        inits,
+    )
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+
+
+def test_kernel_groups_name_convs_with_few_products_per_output_first():
+    groups = kernels.kernel_groups(_lcnet_like())
+    few = f"Conv (< {kernels.FEW_PRODUCTS} products per output)"
+    # products per output: stem 27, dw3 9, pw16 16, dw5 25, pw32 32, pw64 64
+    assert groups == {
+        few: ["stem", "dw3", "pw16", "dw5", "pw32"],
+        "Conv (depthwise)": ["dw3", "dw5"],
+    }
+    assert next(iter(groups)) == few  # the speed guard tries it first
+
+
+def test_the_backends_kernel_groups_are_ops_users_can_name():
+    backend = registry.by_name("onnxrt")
+    model = backend.load_model(_lcnet_like(), PostTrainingQuantConfig())
+    listed = {op.name for op in backend.ops(model)}
+    groups = backend.kernel_groups(model)
+    assert set(groups[f"Conv (< {kernels.FEW_PRODUCTS} products per output)"]) & listed == {
+        "stem",
+        "pw16",
+        "dw5",
+        "pw32",
+    }  # dw3 (9 products) is below graph.MIN_REDUCTION: never listed, always fp32

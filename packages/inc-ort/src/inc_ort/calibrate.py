@@ -115,12 +115,14 @@ def collect_ranges(
             return
         seen.add(name)
         if name in observers and name not in unbounded:
-            if np.isnan(value).any():
-                raise DataError(
-                    f"tensor {name!r} became NaN on the calibration data; check the inputs "
-                    "and the fp32 model"
-                )
-            if np.isinf(value).any():
+            # one pass over the tensor when it is finite (the common case), a second only
+            # to tell NaN from inf when it is not
+            if not np.isfinite(value).all():
+                if np.isnan(value).any():
+                    raise DataError(
+                        f"tensor {name!r} became NaN on the calibration data; check the inputs "
+                        "and the fp32 model"
+                    )
                 log.info("tensor %r holds inf on the calibration data: it stays float", name)
                 unbounded.add(name)
                 return

