@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import io
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
+import inc_core
 from inc_core import PostTrainingQuantConfig, quantization
-from inc_core.errors import ConfigError, DataError, DeviceNotAvailable
+from inc_core.errors import ConfigError, DataError, DeviceNotAvailable, ModelError
 
 from . import models
 
@@ -58,3 +66,88 @@ def test_an_unsupported_scheme_names_what_is_allowed(cnn, calib):
 def test_empty_calibration_loader(cnn):
     with pytest.raises(DataError, match="no samples"):
         quantization.fit(cnn, PostTrainingQuantConfig(approach="static"), calib_dataloader=[])
+
+
+# -- models inc cannot take as they are (issue 13): each says what it is and what to pass -------
+
+
+def _state(model: nn.Module) -> bytes:
+    """The model's state dict as torch.save writes it (int8 and meta tensors included)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def _unchanged(model: nn.Module, before: bytes) -> bool:
+    return _state(model) == before
+
+
+def _fails(model: nn.Module, calib: list, match: str, tmp_path: Path) -> None:
+    before, training = _state(model), model.training
+    with pytest.raises(ModelError, match=match):
+        quantization.fit(
+            model,
+            PostTrainingQuantConfig(approach="static"),
+            calib_dataloader=calib,
+            workspace=str(tmp_path / "ws"),
+        )
+    assert _unchanged(model, before) and model.training == training
+    assert not (tmp_path / "ws").exists() or not any((tmp_path / "ws").iterdir())
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript_models_say_pass_the_module(cnn, calib, how, tmp_path):
+    example = torch.from_numpy(calib[0][0])
+    scripted = torch.jit.script(cnn) if how == "script" else torch.jit.trace(cnn, example)
+    _fails(scripted, calib, r"TorchScript models are not supported.*pass the nn.Module", tmp_path)
+
+
+def test_an_int8_model_says_it_is_already_int8(cnn, calib, tmp_path):
+    int8 = quantization.fit(cnn, PostTrainingQuantConfig(guards=False), calib_dataloader=calib)
+    _fails(int8.model, calib, r"already quantized to int8 \('conv1' is torch\.ao\.nn", tmp_path)
+
+
+def test_a_dynamically_quantized_model_says_it_is_already_int8(cnn, calib, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dynamic = torch.ao.quantization.quantize_dynamic(copy.deepcopy(cnn))
+    _fails(dynamic, calib, r"already quantized to int8 \('fc1' is .*dynamic", tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_a_non_float32_model_names_its_dtype_and_the_fix(cnn, calib, dtype, tmp_path):
+    model = copy.deepcopy(cnn).to(dtype)
+    _fails(model, calib, rf"weights are {dtype} \('conv1.weight'\).*\.float\(\)", tmp_path)
+
+
+def test_a_meta_device_model_says_so(calib, tmp_path):
+    with torch.device("meta"):
+        model = models.DigitsCNN()
+    _fails(model, calib, r"weights are on the meta device \('conv1.weight'", tmp_path)
+
+
+@pytest.mark.parametrize("approach", ["static", "dynamic"])
+def test_a_bare_linear_is_quantized_as_one_op(digits, approach, tmp_path):
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 10)
+    before = _state(linear)
+    x = digits.x_train[:200].reshape(200, 64)
+    calib = [(x[i : i + 50], None) for i in range(0, 200, 50)]
+    conf = PostTrainingQuantConfig(approach=approach, guards=False)
+    if approach == "dynamic":
+        conf = PostTrainingQuantConfig(approach=approach, guards=False, example_inputs=x[:4])
+    q = quantization.fit(linear, conf, calib_dataloader=calib if approach == "static" else None)
+    assert list(q.plan.ops) == ["module"] and q.plan.ops["module"].quantized
+    assert repr(q.model.get_submodule("module")).startswith(("QuantizedLinear", "DynamicQuantized"))
+    test = torch.from_numpy(digits.x_test.reshape(-1, 64))
+    with torch.no_grad():
+        fp32, int8 = linear(test), q.model(test)
+    assert float((int8 - fp32).norm() / fp32.norm()) < 0.02
+    assert _unchanged(linear, before) and type(linear) is nn.Linear
+    with pytest.raises(ModelError, match=r"already quantized to int8 \(the model itself is"):
+        quantization.fit(q.model.module, conf, calib_dataloader=calib)
+    if approach == "static":
+        q.save(tmp_path / "q")
+        reloaded = inc_core.load(tmp_path / "q", model=nn.Linear(64, 10)).model
+        with torch.no_grad():
+            assert torch.equal(reloaded(test), int8)

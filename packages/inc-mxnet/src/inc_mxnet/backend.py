@@ -178,7 +178,9 @@ class MxnetBackend(Backend):
         if not tensors:  # every op in fp32: nothing to calibrate
             return {}
         downstream = consumers(fused)
-        observers = {t: create_observer(self._requested(plan, downstream, t)[0]) for t in tensors}
+        observers = {
+            t: create_observer(self._requested(plan, downstream, t)[0], name=t) for t in tensors
+        }
         batches = (as_inputs(batch, model.data_names) for batch in dataloader)
         for values in forward_tensors(
             fused.symbol, tensors, model.arg_params, model.aux_params, batches

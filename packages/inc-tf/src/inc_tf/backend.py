@@ -220,7 +220,11 @@ class TfBackend(Backend):
         run = tf.function(lambda xs: probe(xs, training=False), reduce_retracing=True)
         observers = {
             key: create_observer(
-                ts.algorithm, dtype=ts.dtype, scheme=ts.scheme, convention=self.convention
+                ts.algorithm,
+                dtype=ts.dtype,
+                scheme=ts.scheme,
+                convention=self.convention,
+                name=key,
             )
             for key, (_, ts) in wanted.items()
         }

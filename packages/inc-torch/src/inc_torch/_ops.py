@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
@@ -35,6 +36,37 @@ OP_TYPE_ALIASES: Mapping[str, tuple[str, ...]] = {
     "Dense": ("Linear",),
     "RNN": ("LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell"),
 }
+
+
+#: the op name of a model that is itself one quantizable module (see ``Root``)
+ROOT = "module"
+
+
+class Root(nn.Module):
+    """A model that is itself one quantizable module (``fit(nn.Linear(64, 10))``), held as
+    the only child ``module``: it becomes an op named ``ROOT`` like any submodule, and the
+    int8 model is this wrapper around the int8 module."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Any) -> Any:  # one named input: FX traces it (not *args)
+        return self.module(x)
+
+
+class RootRNN(Root):
+    """``Root`` of an LSTM/GRU/cell, which take an optional state (dynamic only: not traced)."""
+
+    def forward(self, *args: Any) -> Any:
+        return self.module(*args)
+
+
+def rooted(model: nn.Module) -> nn.Module:
+    """``model`` wrapped in ``Root`` when it is itself a quantizable module, else ``model``."""
+    if type(model) in STATIC_TYPES:
+        return Root(model)
+    return RootRNN(model) if type(model) in QUANTIZABLE else model
 
 
 def type_name(module: nn.Module) -> str:

@@ -18,7 +18,7 @@ from inc_core.backend import Backend
 from inc_core.errors import BackendNotAvailable, DataError, DeviceNotAvailable, ModelError
 from inc_core.space import Capability, OpInfo, QuantPlan, TensorRanges
 
-from . import _ops, build, capability, diagnosis, io, qat, smooth_quant, static
+from . import _ops, build, capability, checks, diagnosis, io, qat, smooth_quant, static
 from ._data import as_args, call, example_args, to_numpy
 from .qconfig import ENGINES, Settings, quantized_engine
 
@@ -62,9 +62,10 @@ class TorchBackend(Backend):
     def load_model(self, model: Any, conf: Any) -> nn.Module:
         if not isinstance(model, nn.Module):
             raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        checks.check_model(model)
         self._config_backend = getattr(conf, "backend", "default")
         # work on a copy: fit puts the model in eval mode, QAT trains it; the user's is untouched
-        native = copy.deepcopy(model).eval()
+        native = _ops.rooted(copy.deepcopy(model).eval())
         example = getattr(conf, "example_inputs", None)
         if example is not None:
             self._example_inputs = example_args(example)

@@ -21,7 +21,7 @@ from torch import nn
 
 from inc_core.errors import ModelError
 
-from . import build
+from . import _ops, build
 from .info import QuantInfo, attach, info_of
 from .qconfig import Settings, quantized_engine
 
@@ -82,6 +82,7 @@ def load(directory: Path, model: nn.Module | None = None, **_: Any) -> nn.Module
         return attach(scripted, info)
     if not isinstance(model, nn.Module):
         raise ModelError(f"model= must be the fp32 torch.nn.Module, got {type(model).__name__}")
+    model = _ops.rooted(model)  # a bare Linear/Conv was quantized as the op of a Root
     _check_architecture(model, info)
     state = torch.load(directory / WEIGHTS, weights_only=True)
     rebuilt = rebuild(model, info)

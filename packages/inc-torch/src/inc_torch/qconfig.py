@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -136,9 +136,12 @@ PASSTHROUGH: tuple[object, ...] = (
 )
 
 
-def static_mapping(plan: QuantPlan, settings: Settings, qat: bool = False) -> QConfigMapping:
+def static_mapping(
+    plan: QuantPlan, settings: Settings, qat: bool = False, copies: Mapping[str, str] | None = None
+) -> QConfigMapping:
     """Quantize the plan's static ops by module name, and let the passthrough ops between
-    them run on int8; every other op stays float."""
+    them run on int8; every other op stays float. ``copies`` (module name -> op name) are
+    quantized as the op they copy."""
     mapping = QConfigMapping().set_global(None)  # type: ignore[arg-type]
     build = qat_qconfig if qat else static_qconfig
     first = None
@@ -147,6 +150,9 @@ def static_mapping(plan: QuantPlan, settings: Settings, qat: bool = False) -> QC
             qconfig = build(op, settings)
             first = first or qconfig
             mapping.set_module_name(name, qconfig)
+            for copied, original in (copies or {}).items():
+                if original == name:
+                    mapping.set_module_name(copied, qconfig)
     if first is not None:
         for kind in PASSTHROUGH:
             mapping.set_object_type(kind, first)
