@@ -338,12 +338,6 @@ def test_bad_model_or_data(cnn, calib, sandbox, maker, conf, data, error, patter
     assert _listing(sandbox) == files
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the contract hook: OrtBackend.accepts_content = classmethod(lambda cls, path: "
-    "model_io.is_onnx_file(path)) in inc_ort/backend.py (not H6's file); the core side "
-    "(inc_core.session._by_content) and model_io.is_onnx_file are in",
-)
 def test_onnx_model_with_another_suffix_is_read_by_content(cnn_path, calib, sandbox):
     path = sandbox / "work" / "model.bin"
     path.write_bytes(cnn_path.read_bytes())

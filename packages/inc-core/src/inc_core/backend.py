@@ -58,6 +58,12 @@ class Backend(abc.ABC):
         unless the model could be its own (check ``type(model).__module__`` or a file suffix).
         """
 
+    @classmethod
+    def accepts_content(cls, path: Path) -> bool:
+        """Whether the file at ``path``, whose name no backend recognised, holds this
+        framework's model (``model.bin`` holding ONNX). Read as little as needed."""
+        return False
+
     def load_model(self, model: Any, conf: Any) -> Any:
         """Turn the user's model (object or path) into the object the other hooks take.
 

@@ -96,6 +96,10 @@ class OrtBackend(Backend):
             return False
         return isinstance(model, onnx.ModelProto)
 
+    @classmethod
+    def accepts_content(cls, path: Path) -> bool:
+        return model_io.is_onnx_file(path)
+
     def check_config(self, conf: Any) -> None:
         check_supported()
         providers.check_provider(conf.backend)

@@ -96,9 +96,9 @@ def collect_ranges(
     tensors as ``inc.mean:<tensor>`` entries, for bias correction.
     """
     observers = {
-        name: create_observer(spec)
+        name: create_observer(spec, name=name)
         if isinstance(spec, str)
-        else create_observer(spec[0], **spec[1])
+        else create_observer(spec[0], name=name, **spec[1])
         for name, spec in algorithms.items()
     }
     mean_names = list(means_for)

@@ -59,10 +59,17 @@ QUANTIZED_OPS = frozenset(
 )
 
 
+#: protobuf tag of ModelProto field 1 (ir_version, a varint)
+IR_VERSION_TAG = b"\x08"
+
+
 def is_onnx_file(path: Path) -> bool:
     """Whether ``path`` holds an ONNX model whatever its name (``model.bin``): its graph parses
     and has nodes. Only the graph is read (no external data), nothing is written."""
     try:
+        with open(path, "rb") as file:
+            if file.read(1) != IR_VERSION_TAG:  # onnx writes ir_version, field 1, first
+                return False
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception:
         return False
