@@ -124,6 +124,47 @@ def test_non_finite_batches_are_data_errors(algorithm: str, bad: float) -> None:
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_float32_batches_are_data_errors(algorithm: str, bad: float) -> None:
+    # float32 batches are checked through their min and max, without a float64 copy
+    observer = create_observer(algorithm)
+    batch = np.ones((4, 8), np.float32)
+    batch[2, 3] = bad
+    with pytest.raises(DataError, match="NaN" if np.isnan(bad) else "inf"):
+        observer.update(batch)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_float32_batches_give_what_their_float64_copies_give(algorithm: str) -> None:
+    """Observers read float32 batches as they are (exponent bits, min/max): ranges, octave
+    counts and the far-value warning must be exactly those of the same values in float64,
+    zeros, -0.0, float32 subnormals and the largest float32 included."""
+    rng = np.random.default_rng(3)
+    batches = []
+    for _ in range(3):
+        x = (rng.normal(0.0, 1.0, (16, 500)) * 10.0 ** rng.integers(-44, 30, (16, 500))).astype(
+            np.float32
+        )
+        x[0, :4] = [0.0, -0.0, np.float32(1e-45), -np.float32(3e-39)]  # zeros and subnormals
+        x[1, ::7] = 0.0
+        batches.append(x[:, ::2])  # a strided view, as a sliced output would be
+    batches[1][2, 0] = np.finfo(np.float32).max
+    as32, as64 = create_observer(algorithm), create_observer(algorithm)
+    for batch in batches:
+        as32.update(batch)
+        as64.update(batch.astype(np.float64))
+    assert np.array_equal(as32.octaves.counts, as64.octaves.counts)  # type: ignore[attr-defined]
+    with warnings.catch_warnings(record=True) as w32:
+        warnings.simplefilter("always")
+        range32 = as32.range()
+    with warnings.catch_warnings(record=True) as w64:
+        warnings.simplefilter("always")
+        range64 = as64.range()
+    assert range32 == range64
+    assert [str(w.message) for w in w32] == [str(w.message) for w in w64]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_all_zero_tensor_gives_a_zero_range(algorithm: str) -> None:
     assert _feed(algorithm, [np.zeros(10), np.zeros((3, 3))]) == (0.0, 0.0)
 
