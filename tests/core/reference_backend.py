@@ -185,6 +185,7 @@ class ReferenceBackend(Backend):
     convention = "onnxrt"
     op_type_aliases = {"Linear": ("Dense",), "MatMul": ("Dense",)}
     priority = 1000
+    supports_qat = True
 
     @classmethod
     def accepts(cls, model: Any) -> bool:

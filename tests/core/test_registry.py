@@ -311,3 +311,18 @@ def test_no_backend_error_mentions_plugins_that_failed_to_load(plugins):
     assert "pip install inc-ort" in message
     assert "'tmpbroken' failed to load" in message
     assert "inc_tmp_framework_that_is_not_installed is not installed" in message
+
+
+@pytest.mark.parametrize(
+    ("attr", "value", "message"),
+    [
+        ("convention", "tflite", r"convention 'tflite' is not a scheme convention.*allowed: tensorflow"),
+        ("framework", "keras", r"framework 'keras' is INC's alias of framework 'tensorflow'"),
+        ("supports_qat", "yes", r"supports_qat must be a bool, got 'yes'"),
+    ],
+)
+def test_registration_checks_convention_framework_and_qat_naming_the_plugin(attr, value, message):
+    broken = type("Broken", (ReferenceBackend,), {"name": "broken", attr: value, "__module__": __name__})
+    with pytest.raises(TypeError, match=rf"backend class tests\.core\.test_registry\.Broken.*{message}"):
+        registry.register(broken)
+    assert "broken" not in registry.available()

@@ -142,8 +142,7 @@ def test_a_backend_without_qat_is_refused_at_prepare(mlp):
     class NoQat(ReferenceBackend):
         name = "noqat"
         priority = 0
-        prepare_qat = Backend.prepare_qat
-        convert_qat = Backend.convert_qat
+        supports_qat = False
 
     registry.register(NoQat)
     try:
@@ -151,6 +150,15 @@ def test_a_backend_without_qat_is_refused_at_prepare(mlp):
             prepare_compression(mlp, QuantizationAwareTrainingConfig())
     finally:
         registry.unregister("noqat")
+
+
+def test_supports_qat_is_checked_at_registration():
+    class Claims(ReferenceBackend):
+        name = "claims"
+        prepare_qat = Backend.prepare_qat
+
+    with pytest.raises(TypeError, match=r"'claims'\) sets supports_qat = True but does not implement: prepare_qat"):
+        registry.register(Claims)
 
 
 def test_training_fit_without_evaluation_trains_once(mlp, blobs, tmp_path):

@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 
 from .config import BACKEND_DEVICES
 from .errors import BackendNotAvailable, ModelError, not_allowed
+from .metric import FRAMEWORKS
+from .scheme import CONVENTIONS
 from .space import Capability, OpInfo, QuantPlan, TensorRanges
 
 log = logging.getLogger(__name__)
@@ -29,9 +31,23 @@ ENTRY_POINT_GROUP = "inc.backends"
 class Backend(abc.ABC):
     """One framework's quantization engine as the core sees it.
 
-    Class attributes describe the plugin; the methods are called by the core in this order:
-    ``accepts`` -> ``load_model`` -> ``ops`` / ``capability`` -> ``calibrate`` -> ``quantize``
-    -> (``evaluate`` / ``latency``) -> ``save``. ``load`` is called by ``inc_core.load``.
+    Class attributes describe the plugin and are checked at registration. The methods, by group:
+
+    * required (abstract): ``accepts``, ``ops``, ``capability``, ``calibrate``, ``quantize``,
+      ``save``, ``load``; the core calls them in the order ``accepts`` -> ``load_model`` ->
+      ``check_config`` -> ``ops`` / ``capability`` -> ``calibrate`` -> ``quantize`` -> ``save``
+      (``load`` from ``inc_core.load``).
+    * measurement (optional; the guards and objectives use what a backend offers): ``predict``,
+      ``evaluate``, ``latency`` (time with ``inc_core.timing.latency``), ``model_size``,
+      ``effective_plan``, ``op_outputs``, ``runs_as``, ``fingerprint``.
+    * QAT (set ``supports_qat`` and implement both): ``prepare_qat``, ``convert_qat``.
+    * optional: ``accepts_content``, ``load_model``, ``check_config``, ``user_model``,
+      ``calibrate_with_func``, ``variants``, ``kernel_groups``, ``versions``.
+
+    State: ``check_config(conf)`` is the one place a backend may keep per-run state (values
+    read from ``conf``). A trial run on an executor builds a fresh instance and calls only
+    ``check_config`` before ``quantize``, so every other hook must work from its arguments and
+    that state alone; caches of values the arguments determine (inference sessions) are fine.
     """
 
     #: entry point name and the ``backend`` key written to inc.json, e.g. "onnxrt"
@@ -48,6 +64,8 @@ class Backend(abc.ABC):
     op_type_aliases: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     #: lower is asked first when several backends are installed
     priority: ClassVar[int] = 100
+    #: whether ``prepare_qat``/``convert_qat`` are implemented (quantization-aware training)
+    supports_qat: ClassVar[bool] = False
 
     @classmethod
     @abc.abstractmethod
@@ -80,7 +98,14 @@ class Backend(abc.ABC):
         """Per op type, the schemes the kernels run for ``approach`` ("static"/"dynamic")."""
 
     def check_config(self, conf: Any) -> None:
-        """Reject settings this backend cannot honour (device absent, provider missing, ...)."""
+        """Reject settings this backend cannot honour (device absent, provider missing, ...).
+
+        Called once per run before any other hook but ``accepts``/``load_model``, and again in
+        every trial a job runs on an executor (on a fresh instance). The one place a backend
+        may keep per-run state, read from ``conf`` (e.g. ``conf.backend`` for ``capability``,
+        ``conf.example_inputs`` for tracing: the core fills it with the first calibration batch
+        when the user gave none).
+        """
 
     @abc.abstractmethod
     def calibrate(self, model: Any, dataloader: Iterable[Any], plan: QuantPlan) -> TensorRanges:
@@ -283,8 +308,32 @@ def _verify(backend: Any) -> None:
             f"{where}: config_backends {unknown} are not config backend values; "
             f"allowed: {', '.join(BACKEND_DEVICES)}"
         )
+    if backend.convention not in CONVENTIONS:
+        raise TypeError(
+            f"{where}: convention {backend.convention!r} is not a scheme convention of "
+            f"inc_core.scheme; allowed: {', '.join(CONVENTIONS)}"
+        )
+    canonical = FRAMEWORKS.get(backend.framework, backend.framework)
+    if canonical != backend.framework:
+        # METRICS and reports know a framework by one name; an alias would split them
+        raise TypeError(
+            f"{where}: framework {backend.framework!r} is INC's alias of framework "
+            f"{canonical!r}; set framework = {canonical!r}"
+        )
     if not isinstance(backend.priority, int) or isinstance(backend.priority, bool):
         raise TypeError(f"{where}: priority must be an int, got {backend.priority!r}")
+    if not isinstance(backend.supports_qat, bool):
+        raise TypeError(f"{where}: supports_qat must be a bool, got {backend.supports_qat!r}")
+    missing = [
+        hook
+        for hook in ("prepare_qat", "convert_qat")
+        if backend.supports_qat and getattr(backend, hook) is getattr(Backend, hook)
+    ]
+    if missing:
+        raise TypeError(
+            f"{where} ({backend.name!r}) sets supports_qat = True but does not implement: "
+            f"{', '.join(missing)}"
+        )
     abstract = sorted(getattr(backend, "__abstractmethods__", ()))
     if abstract:
         raise TypeError(f"{where} ({backend.name!r}) does not implement: {', '.join(abstract)}")

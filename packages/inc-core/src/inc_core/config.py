@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from .errors import ConfigError, closest, not_allowed
 from .scheme import GRANULARITIES, SCHEMES
 from .space import ALGORITHMS, ALL_DTYPES
+from .strategy import registry as strategy_registry
 
 APPROACHES = ("auto", "static", "dynamic")
 # INC 2.x also accepts its internal approach names; they mean the short ones.
@@ -31,17 +32,8 @@ QUANT_FORMATS = ("default", "QDQ", "QOperator")
 DOMAINS = ("auto", "cv", "object_detection", "nlp", "recommendation_system")
 QUANT_LEVELS = ("auto", 0, 1)
 EXCLUDABLE_PRECISIONS = ("bf16", "fp16")
-STRATEGIES = (
-    "auto",
-    "conservative",
-    "basic",
-    "mse",
-    "mse_v2",
-    "sensitivity",
-    "bayesian",
-    "exhaustive",
-    "random",
-)
+#: inc's own strategies, named by their classes; installed ones are found in the registry
+STRATEGIES: tuple[str, ...] = strategy_registry.BUILTIN_NAMES
 # INC 2.x strategies left out, and why (said in the error instead of a bare "not allowed").
 UNSUPPORTED_STRATEGIES = {
     "sigopt": "it needs a SigOpt account and network access",
@@ -261,7 +253,9 @@ class TuningCriterion:
                 f"strategy={self.strategy!r} is an INC 2.x strategy inc does not provide "
                 f"({UNSUPPORTED_STRATEGIES[self.strategy]}); allowed: {', '.join(STRATEGIES)}"
             )
-        _check_choice("strategy", self.strategy, STRATEGIES)
+        if not isinstance(self.strategy, str):
+            raise not_allowed("strategy", self.strategy, STRATEGIES)
+        strategy_registry.get(self.strategy)  # inc's own or an installed one
         _check_type(
             "timeout",
             self.timeout,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 from . import backend as registry
 from .backend import Backend
@@ -139,6 +139,10 @@ class Session:
     session turns each into a native quantized model.
     """
 
+    #: candidates are built by training (QAT): a trial runs the whole session in its job, and
+    #: there are no calibrated ranges, recipes or output probe
+    trains: ClassVar[bool] = False
+
     backend: Backend
     model: Any
     conf: Any
@@ -226,6 +230,21 @@ def without_rules(conf: Any) -> Any:
     return dataclasses.replace(conf, op_type_dict=None, op_name_dict=None)
 
 
+def _with_example(backend: Backend, conf: Any, calib: list[Any]) -> Any:
+    """``conf`` with ``example_inputs`` set to the first calibration batch when the user gave
+    none, checked by the backend again: the example a backend traces with reaches it through
+    ``check_config`` (the one place it keeps state), in this process and in every trial job an
+    executor runs, instead of being kept from ``calibrate`` for ``quantize``."""
+    if not calib or getattr(conf, "example_inputs", _ABSENT) is not None:
+        return conf
+    filled = dataclasses.replace(conf, example_inputs=calib[0])
+    backend.check_config(filled)
+    return filled
+
+
+_ABSENT = object()
+
+
 def prepare_session(
     model: Any,
     conf: Any,
@@ -293,7 +312,7 @@ def prepare_session(
     return Session(
         backend,
         native,
-        conf,
+        _with_example(backend, conf, data.calib),
         spaces,
         data.calib,
         calib_func,

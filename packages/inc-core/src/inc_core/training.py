@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .backend import Backend
 from .config import QuantizationAwareTrainingConfig
 from .errors import ConfigError, IncError, ModelError
 from .model import QuantizedModel
@@ -39,6 +38,7 @@ class Callbacks:
 class QatSession(Session):
     """A session whose candidates are trained: prepare, the user's train_func, convert."""
 
+    trains = True
     train_func: Callable[[Any], Any] | None = None
 
     def build(self, plan: QuantPlan) -> Any:
@@ -61,7 +61,7 @@ class CompressionManager:
     def __init__(self, model: Any, conf: QuantizationAwareTrainingConfig) -> None:
         session = prepare_session(model, conf)
         backend = type(session.backend)
-        if backend.prepare_qat is Backend.prepare_qat or backend.convert_qat is Backend.convert_qat:
+        if not backend.supports_qat:
             raise ModelError(
                 f"quantization-aware training is not available for {backend.framework} models "
                 f"(backend {backend.name!r}); use inc_core.quantization.fit for post-training "

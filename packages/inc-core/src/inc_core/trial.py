@@ -1,6 +1,7 @@
 """One trial of tuning: build a candidate, run the user's evaluation, measure it.
 
-``TrialJob`` is what an executor runs (picklable); ``OutputProbe`` compares candidates' outputs
+``Trial`` is the record of one (in the history and the trial table), ``TrialJob`` what an
+executor runs (picklable); ``OutputProbe`` compares candidates' outputs
 with the fp32 model's on calibration data for the ``mse`` strategies (no evaluation, no trial).
 """
 
@@ -11,8 +12,8 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,68 @@ def private_copy(model: Any) -> Any:
     except Exception as exc:
         log.debug("eval_func gets the model itself (%s cannot be copied: %s)", type(model), exc)
         return model
+
+
+@dataclass
+class Trial:
+    """One quantize + evaluate of a candidate plan."""
+
+    index: int
+    phase: str
+    plan: QuantPlan
+    accuracy: float | None
+    loss: float
+    accuracy_met: bool
+    passed: bool
+    slower: bool = False
+    latency: float | None = None
+    size: int | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    key: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = self.plan.key()
+
+    @property
+    def fp32_ops(self) -> list[str]:
+        return self.plan.float_ops()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "phase": self.phase,
+            "accuracy": self.accuracy,
+            "loss": self.loss if math.isfinite(self.loss) else None,
+            "accuracy_met": self.accuracy_met,
+            "passed": self.passed,
+            "slower": self.slower,
+            "latency": self.latency,
+            "size": self.size,
+            "error": self.error,
+            "seconds": self.seconds,
+            "fp32_ops": self.fp32_ops,
+            "plan": self.plan.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Trial:
+        loss = data.get("loss")
+        return cls(
+            index=int(data["index"]),
+            phase=str(data["phase"]),
+            plan=QuantPlan.from_dict(data["plan"]),
+            accuracy=data.get("accuracy"),
+            loss=math.inf if loss is None else float(loss),
+            accuracy_met=bool(data["accuracy_met"]),
+            passed=bool(data["passed"]),
+            slower=bool(data.get("slower", False)),
+            latency=data.get("latency"),
+            size=data.get("size"),
+            error=data.get("error"),
+            seconds=float(data.get("seconds", 0.0)),
+        )
 
 
 @dataclass

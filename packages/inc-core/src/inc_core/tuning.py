@@ -21,17 +21,19 @@ from typing import Any
 
 from . import digest
 from .errors import ConfigError, DataError, IncError
+from .history import Baseline, History, fingerprint, history_path
 from .model import QuantizedModel
 from .progress import Progress
 from .report import render, rows
 from .session import Session
 from .space import QuantPlan
-from .strategy import STRATEGIES, Batch, Outcome, TuningSpace
-from .strategy.history import Baseline, History, Trial, fingerprint, history_path
+from .strategy import Batch, Outcome, TuningSpace
+from .strategy import registry as strategy_registry
 from .strategy.space import tunable_recipes
 from .trial import (
     Evaluator,
     OutputProbe,
+    Trial,
     TrialJob,
     TrialResult,
     describe,
@@ -85,11 +87,6 @@ def _calibration_digest(session: Session) -> str | None:
     return digest.identity(session.calib_func)
 
 
-def _custom_build(session: Session) -> bool:
-    """Sessions that build by training (QAT) run the whole session in the job."""
-    return type(session).build is not Session.build
-
-
 class Tuner:
     """Runs one strategy against one session until a stop rule fires."""
 
@@ -110,7 +107,7 @@ class Tuner:
         self.tuning = conf.tuning_criterion
         self.strategy_name = conf.effective_strategy
         self.weights = self.tuning.objective_weights()
-        strategy_cls = STRATEGIES[self.strategy_name]
+        strategy_cls = strategy_registry.get(self.strategy_name)
         options = dict(self.tuning.strategy_kwargs or {})
         allowed = (*TUNER_OPTIONS, *strategy_cls.options)
         for key in options:
@@ -129,15 +126,14 @@ class Tuner:
 
         base = session.default_plan
         ops = [s.op for s in session.spaces]
-        recipes = {} if _custom_build(session) else dict(base.recipes)
+        recipes = {} if session.trains else dict(base.recipes)
         tunable = tunable_recipes(session.spaces, recipes)
         for recipe in tunable:
             if recipe.name == "smooth_quant_args":  # a backend gets one alpha, not the list
                 base = base.with_recipes({recipe.name: recipe.values[0]})
         self.space = TuningSpace(session.spaces, base, tunable)
         probe = None
-        wants_probe = self.strategy_name in ("mse", "mse_v2", "sensitivity")
-        if wants_probe and not _custom_build(session) and session.calib_inputs:
+        if strategy_cls.needs_probe and not session.trains and session.calib_inputs:
             try:
                 probe = OutputProbe(session, session.calib_inputs)
             except NotImplementedError as exc:
@@ -315,7 +311,7 @@ class Tuner:
     def _job(self, plan: QuantPlan) -> TrialJob | TrialResult:
         """The job for ``plan``; a failed result when calibration fails inside the backend."""
         session = self.session
-        custom = _custom_build(session)
+        custom = session.trains
         ranges = None
         if not custom:
             try:

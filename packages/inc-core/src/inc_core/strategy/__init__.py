@@ -1,31 +1,13 @@
-"""Accuracy-aware tuning strategies: each proposes plans over a ``TuningSpace`` (see ``base``)."""
+"""Accuracy-aware tuning strategies: each proposes plans over a ``TuningSpace`` (see ``base``);
+``registry`` finds them, inc's own and those installed through the ``inc.strategies`` entry points."""
 
 from __future__ import annotations
 
-from .auto import AutoStrategy
+from . import registry
 from .base import Batch, Outcome, Probe, Strategy
-from .basic import BasicStrategy
-from .bayesian import BayesianStrategy
-from .conservative import ConservativeStrategy
-from .exhaustive import ExhaustiveStrategy
-from .mse import MseStrategy
-from .mse_v2 import MseV2Strategy, SensitivityStrategy
-from .random import RandomStrategy
 from .space import TuningSpace
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    s.name: s
-    for s in (
-        AutoStrategy,
-        ConservativeStrategy,
-        BasicStrategy,
-        MseStrategy,
-        MseV2Strategy,
-        SensitivityStrategy,
-        BayesianStrategy,
-        ExhaustiveStrategy,
-        RandomStrategy,
-    )
-}
+#: inc's own strategies by name (``registry.available()`` adds the installed ones)
+STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in registry.BUILTIN}
 
-__all__ = ["STRATEGIES", "Batch", "Outcome", "Probe", "Strategy", "TuningSpace"]
+__all__ = ["STRATEGIES", "Batch", "Outcome", "Probe", "Strategy", "TuningSpace", "registry"]

@@ -67,11 +67,18 @@ class Strategy(abc.ABC):
     Subclasses set ``name`` (the ``TuningCriterion.strategy`` value) and implement ``search``.
     ``keep_searching`` is True when the user gave a timeout: the tuner then picks the best
     passing candidate by objective, so strategies should not give up after a pass.
+
+    A strategy from another distribution registers in the entry point group
+    ``inc.strategies`` (``their_name = "their_package.module:TheirStrategy"``) and is then
+    usable as ``TuningCriterion(strategy="their_name")``; see ``inc_core.strategy.registry``.
     """
 
     name: ClassVar[str]
     #: ``strategy_kwargs`` keys this strategy reads (besides the tuner's own)
     options: ClassVar[tuple[str, ...]] = ()
+    #: whether the tuner gives this strategy a ``probe`` (candidates' output error against
+    #: fp32 on calibration data, no evaluation); without calibration data it gets None
+    needs_probe: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ def error_order(space: TuningSpace, plan: QuantPlan, errors: list[float] | None)
 
 class MseStrategy(Strategy):
     name = "mse"
+    needs_probe = True
 
     def search(self) -> Search:
         base = self.space.base

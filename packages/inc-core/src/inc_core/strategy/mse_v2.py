@@ -13,6 +13,7 @@ from .mse import error_order
 
 class MseV2Strategy(Strategy):
     name = "mse_v2"
+    needs_probe = True
 
     def search(self) -> Search:
         space = self.space
