@@ -6,6 +6,8 @@ adds a backend.
 
 from __future__ import annotations
 
+from importlib import metadata
+
 from . import quantization
 from .config import (
     AccuracyCriterion,
@@ -15,7 +17,10 @@ from .config import (
 )
 from .model import QuantizedModel, load
 
-__version__ = "0.1.0"
+try:  # one source of truth: the version in packages/inc-core/pyproject.toml
+    __version__ = metadata.version("inc-core")
+except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AccuracyCriterion",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .strategy.history import Baseline, Trial
+if TYPE_CHECKING:  # model.py imports this package to write report.html; history imports model
+    from ..strategy.history import Baseline, Trial
 
 _COLUMNS = (
     ("trial", ">5"),
@@ -63,7 +64,7 @@ def rows(
     return out
 
 
-def _cell(name: str, value: Any, relative: bool) -> str:
+def cell(name: str, value: Any, relative: bool) -> str:
     if value is None:
         return "-"
     if name == "loss":
@@ -87,7 +88,7 @@ def render(table: Sequence[dict[str, Any]]) -> str:
     for row in table:
         cells = []
         for name, fmt in _COLUMNS:
-            text = _cell(name, row.get(name), relative)
+            text = cell(name, row.get(name), relative)
             if name == "status" and row.get("error"):
                 text = "error"
             cells.append(f"{text:{fmt}}")
