@@ -8,16 +8,16 @@ Models: a Gluon ``HybridBlock`` (hybridized or not) or exported files, given as 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from inc_core import scheme
+from inc_core import scheme, timing
 from inc_core.backend import Backend
-from inc_core.calibration import OBSERVERS, create_observer
+from inc_core.calibration import create_observer
+from inc_core.capability import core_algorithms
 from inc_core.errors import ConfigError, DeviceNotAvailable, ModelError
 from inc_core.space import (
     OpCapability,
@@ -30,12 +30,9 @@ from inc_core.space import (
 
 log = logging.getLogger(__name__)
 
-SAVED_PREFIX = "model"
-SAVED_FILES = (f"{SAVED_PREFIX}-symbol.json", f"{SAVED_PREFIX}-0000.params")
-
 # oneDNN int8 kernels: symmetric per-tensor activations (uint8 where the tensor is non-negative,
 # int8 otherwise) and symmetric per-tensor int8 weights.
-_ALGORITHMS = tuple(a for a in ("minmax", "kl") if a in OBSERVERS)
+_ALGORITHMS = core_algorithms("minmax", "kl")
 _ACTIVATION = TensorOptions(
     dtype=("uint8", "int8"), scheme=("sym",), granularity=("per_tensor",), algorithm=_ALGORITHMS
 )
@@ -249,13 +246,8 @@ class MxnetBackend(Backend):
         block = self._runnable(model)
         names = self._data_names(model)
         prepared = [as_inputs(batch, names) for batch in inputs]
-        run(block, prepared[0])  # warm-up: oneDNN primitives are created on first use
-        times = []
-        for batch in prepared:
-            start = time.perf_counter()
-            run(block, batch)
-            times.append(time.perf_counter() - start)
-        return float(np.median(times))
+        # oneDNN primitives are created at a shape's first run: the helper runs it untimed first
+        return timing.latency(lambda batch: run(block, batch), prepared)
 
     def op_outputs(self, model: Any, inputs: Any, ops: Sequence[str]) -> dict[str, Any]:
         from .diagnose import fused_view, op_outputs
@@ -289,29 +281,15 @@ class MxnetBackend(Backend):
         return int(sum(a.size * np.dtype(a.dtype).itemsize for a in arrays))
 
     def save(self, model: Any, directory: Path) -> list[str]:
-        from .model import FloatGraph
-        from .runtime import save_params
+        from . import model_io
 
-        if isinstance(model, FloatGraph):
-            symbol, (args, auxs) = model.symbol, (model.arg_params, model.aux_params)
-        elif hasattr(model, "graph") and hasattr(model, "arrays"):
-            symbol, (args, auxs) = model.graph, model.arrays()
-        else:
-            raise ModelError(
-                f"inc-mxnet saves the models it built (GraphBlock), not {type(model).__name__}"
-            )
-        symbol_file, params_file = SAVED_FILES
-        symbol.save(str(directory / symbol_file))
-        save_params(directory / params_file, args, auxs)
-        return list(SAVED_FILES)
+        return model_io.save(model, directory)
 
     def load(self, directory: Path, **kwargs: Any) -> Any:
         """A runnable ``GraphBlock`` (a ``gluon.SymbolBlock``) from the saved JSON and params."""
-        from .model import from_files
-        from .runtime import make_block
+        from . import model_io
 
-        graph = from_files(*(directory / f for f in SAVED_FILES))
-        return make_block(graph.symbol, graph.data_names, graph.arg_params, graph.aux_params)
+        return model_io.load(directory)
 
     def versions(self) -> dict[str, str]:
         import mxnet as mx

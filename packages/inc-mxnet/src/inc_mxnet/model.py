@@ -17,17 +17,10 @@ from mxnet import gluon
 
 from inc_core.errors import ModelError
 
+from .runtime import GraphBlock, load_params, mxnet_reason
+
 SYMBOL_SUFFIX = "-symbol.json"
 PARAMS_SUFFIX = ".params"
-
-
-def mxnet_reason(exc: BaseException) -> str:
-    """The informative line of an MXNet error (its message carries a C++ traceback)."""
-    text = str(exc)
-    if "MXNetError:" in text:
-        text = text.rsplit("MXNetError:", 1)[1]
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
 @dataclass(frozen=True)
@@ -73,8 +66,6 @@ def from_user_model(model: Any) -> FloatGraph:
         graph = from_files(*_symbol_and_params(model))
         check_not_quantized(graph.symbol, str(model))
         return graph
-    from .runtime import GraphBlock
-
     if isinstance(model, GraphBlock):
         raise ModelError(
             "this is already an int8 model (the GraphBlock inc-mxnet returned); quantize the "
@@ -196,8 +187,6 @@ def _symbol_and_params(model: Any) -> tuple[Path, Path]:
 
 def from_files(symbol_file: Path, params_file: Path) -> FloatGraph:
     """Read exported symbol JSON and params (``arg:``/``aux:`` prefixed, as ``export`` writes)."""
-    from .runtime import load_params
-
     try:
         symbol = mx.sym.load(str(symbol_file))
         args, auxs = load_params(params_file)

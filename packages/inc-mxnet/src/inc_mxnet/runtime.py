@@ -16,6 +16,15 @@ from mxnet import gluon
 from inc_core.errors import DataError
 
 
+def mxnet_reason(exc: BaseException) -> str:
+    """The informative line of an MXNet error (its message carries a C++ traceback)."""
+    text = str(exc)
+    if "MXNetError:" in text:
+        text = text.rsplit("MXNetError:", 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
 def as_inputs(batch: Any, data_names: Sequence[str]) -> dict[str, mx.nd.NDArray]:
     """One batch (array, tuple/list of arrays, or dict by input name) as named NDArrays."""
     if isinstance(batch, Mapping):
@@ -154,8 +163,6 @@ def forward_tensors(
             values = executor.forward(is_train=False)
             values[0].wait_to_read()  # MXNet runs lazily: a shape error surfaces here
         except mx.base.MXNetError as exc:
-            from .model import mxnet_reason
-
             shapes = ", ".join(f"{n}={tuple(a.shape)}" for n, a in inputs.items())
             raise DataError(
                 f"calibration inputs of shape {shapes} do not fit the model: "

@@ -8,10 +8,7 @@ TensorFlow's oneDNN quantized kernels) and for what the TFLite scheme does diffe
 
 from __future__ import annotations
 
-import json
 import logging
-import statistics
-import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
@@ -22,8 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from inc_core import timing
 from inc_core.backend import Backend
-from inc_core.calibration import OBSERVERS, create_observer
+from inc_core.calibration import create_observer
+from inc_core.capability import core_algorithms
 from inc_core.errors import (
     BackendNotAvailable,
     ConfigError,
@@ -41,16 +40,14 @@ from inc_core.space import (
     TensorRanges,
 )
 
-from . import convert, diagnose, loading, qat
+from . import convert, diagnose, fold, loading, model_io, qat
 from . import layers as kl
 from .points import patch, points, tensors
 from .runtime import IoSpec, TfLiteModel
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.tflite"
-IO_FILE = "io.json"
-ALGORITHMS = tuple(a for a in ("minmax", "kl", "percentile", "mse") if a in OBSERVERS)
+ALGORITHMS = core_algorithms("minmax", "kl", "percentile", "mse")
 
 
 def _activation(dtypes: tuple[str, ...]) -> TensorOptions:
@@ -98,6 +95,7 @@ class TfBackend(Backend):
     package = "inc-tf"
     framework = "tensorflow"
     convention = "tensorflow"
+    supports_qat = True
     config_backends = ("default", "itex")
     op_type_aliases = kl.ALIASES
     priority = 30
@@ -210,7 +208,7 @@ class TfBackend(Backend):
     def calibrate(
         self, model: keras.Model, dataloader: Iterable[Any], plan: QuantPlan
     ) -> TensorRanges:
-        copy = kl.graph_copy(model, fold_batchnorm=True)
+        copy = fold.graph_copy(model, fold_batchnorm=True)
         found = points(copy, effective_plan(copy, plan))
         wanted = tensors(copy, found)
         if not wanted:
@@ -263,8 +261,9 @@ class TfBackend(Backend):
 
     def latency(self, model: Any, inputs: Sequence[Any]) -> float:
         """Median seconds per batch. fp32 runs the Keras model as Keras serves it (one
-        ``tf.function``, traced for this call), int8 the interpreter; both are warmed once per
-        call on the first batch (tracing, tensor allocation) and nothing else is kept."""
+        ``tf.function``, traced for this call), int8 the interpreter; both are timed by
+        the core's helper (each input shape run once untimed first: tracing, tensor
+        allocation) and nothing else is kept."""
         if isinstance(model, TfLiteModel):
             feeds = [model._feeds(batch) for batch in inputs]
 
@@ -278,15 +277,7 @@ class TfBackend(Backend):
             def run(feed: Any) -> Any:
                 return keras.tree.map_structure(np.asarray, graph(feed))
 
-        if not feeds:
-            raise DataError("latency needs at least one batch")
-        run(feeds[0])
-        times = []
-        for feed in feeds:
-            start = time.perf_counter()
-            run(feed)
-            times.append(time.perf_counter() - start)
-        return float(statistics.median(times))
+        return timing.latency(run, feeds)
 
     def op_outputs(self, model: Any, inputs: Any, ops: Sequence[str]) -> dict[str, Any]:
         if isinstance(model, TfLiteModel):
@@ -302,25 +293,14 @@ class TfBackend(Backend):
         return int(sum(np.asarray(w).nbytes for w in model.get_weights()))
 
     def save(self, model: TfLiteModel, directory: Path) -> list[str]:
-        if not isinstance(model, TfLiteModel):
-            raise ModelError(f"inc-tf saves its int8 TfLiteModel, got {type(model).__name__}")
-        (directory / MODEL_FILE).write_bytes(model.content)
-        io = {"spec": model.spec.to_dict(), "input_names": model.input_names}
-        (directory / IO_FILE).write_text(json.dumps(io, indent=2))
-        return [MODEL_FILE, IO_FILE]
+        return model_io.save(model, directory)
 
     def load(self, directory: Path, **kwargs: Any) -> TfLiteModel:
-        io = json.loads((directory / IO_FILE).read_text())
-        return TfLiteModel(
-            (directory / MODEL_FILE).read_bytes(),
-            IoSpec.from_dict(io["spec"]),
-            input_names=io["input_names"],
-            num_threads=kwargs.get("num_threads"),
-        )
+        return model_io.load(directory, num_threads=kwargs.get("num_threads"))
 
     # -- quantization-aware training -----------------------------------------------------
     def prepare_qat(self, model: keras.Model, plan: QuantPlan) -> keras.Model:
-        copy = kl.graph_copy(model)
+        copy = fold.graph_copy(model)
         config = model.get_compile_config() if getattr(model, "compiled", False) else None
         if config:
             copy.compile_from_config(config)

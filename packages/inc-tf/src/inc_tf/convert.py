@@ -25,6 +25,7 @@ from inc_core.errors import ModelError
 from inc_core.space import QuantPlan, TensorRange
 
 from . import fakequant as fq
+from . import fold
 from . import layers as kl
 from .points import Point, patch, points, tensors
 from .runtime import IoSpec
@@ -135,7 +136,7 @@ def quantize(
 
     ``fold_batchnorm`` must match how the ranges were found: PTQ calibrates the folded model,
     QAT trains (and learns ranges) without folding."""
-    copy = kl.graph_copy(model, fold_batchnorm)
+    copy = fold.graph_copy(model, fold_batchnorm)
     found = points(copy, plan)
     kernels = {
         layer.name: np.asarray(layer.kernel.numpy(), dtype=np.float32)

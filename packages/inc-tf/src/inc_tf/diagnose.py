@@ -20,6 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from . import fold
 from . import layers as kl
 from .convert import MARKER
 from .runtime import TfLiteModel, _interpreter_class
@@ -35,7 +36,7 @@ def keras_outputs(
     model: keras.Model, arrays: list[np.ndarray], ops: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """The named ops' outputs of the folded copy of ``model`` on one batch."""
-    copy = kl.graph_copy(model, fold_batchnorm=True)
+    copy = fold.graph_copy(model, fold_batchnorm=True)
     names = [layer.name for layer in kl.quantizable(copy) if layer.name in set(ops)]
     if not names:
         return {}

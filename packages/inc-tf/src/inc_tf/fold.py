@@ -5,7 +5,8 @@ inference-time affine transform folded into its kernel and bias and the activati
 INC's TensorFlow graph rewriter and the TFLite converter do for float graphs. In the int8 model
 the op then runs as a single int8 conv with a fused ReLU instead of int8 conv, float BN, int8.
 
-Folding happens on inc's private copy of the model (``layers.graph_copy``); the BN and the
+Folding happens on inc's private copy of the model (``graph_copy``, here beside the folding
+it may apply); the BN and the
 activation layer are replaced by ``Identity`` layers with their names, so rules written for the
 user's layer names still apply. Quantization-aware training does not fold (the fake quantization
 it learned sits before the BN), so a QAT model with BN keeps its BN in float.
@@ -123,3 +124,27 @@ def set_folded_weights(
             layer.set_weights(folded_weights(source, model.get_layer(folds[layer.name][0])))
         elif layer.weights:
             layer.set_weights(source.get_weights())
+
+
+def graph_copy(model: keras.Model, fold_batchnorm: bool = False) -> keras.Model:
+    """A copy of ``model`` with the same layer names and weights and a free batch dimension;
+    with ``fold_batchnorm``, BatchNormalization folded into the Conv/Dense before it."""
+    inputs = [
+        keras.Input(batch_shape=(None, *t.shape[1:]), dtype=t.dtype, name=str(kl.producer(t).name))
+        for t in model.inputs
+    ]
+    given = (
+        inputs[0]
+        if isinstance(model, keras.Sequential)
+        else keras.tree.pack_sequence_as(model.input, inputs)
+    )
+    folds = plan_folds(model) if fold_batchnorm else {}
+    if not folds:
+        copy = keras.models.clone_model(model, input_tensors=given)
+        copy.set_weights(model.get_weights())
+        return copy
+    copy = keras.models.clone_model(
+        model, input_tensors=given, clone_function=clone_function(model, folds)
+    )
+    set_folded_weights(copy, model, folds)
+    return copy

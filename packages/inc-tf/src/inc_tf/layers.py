@@ -96,36 +96,6 @@ def check_graph_model(model: Any) -> None:
         )
 
 
-def graph_copy(model: keras.Model, fold_batchnorm: bool = False) -> keras.Model:
-    """A copy of ``model`` with the same layer names and weights and a free batch dimension;
-    with ``fold_batchnorm``, BatchNormalization folded into the Conv/Dense before it."""
-    inputs = [
-        keras.Input(batch_shape=(None, *t.shape[1:]), dtype=t.dtype, name=_input_name(t))
-        for t in model.inputs
-    ]
-    given = (
-        inputs[0]
-        if isinstance(model, keras.Sequential)
-        else keras.tree.pack_sequence_as(model.input, inputs)
-    )
-    from . import fold
-
-    folds = fold.plan_folds(model) if fold_batchnorm else {}
-    if not folds:
-        copy = keras.models.clone_model(model, input_tensors=given)
-        copy.set_weights(model.get_weights())
-        return copy
-    copy = keras.models.clone_model(
-        model, input_tensors=given, clone_function=fold.clone_function(model, folds)
-    )
-    fold.set_folded_weights(copy, model, folds)
-    return copy
-
-
-def _input_name(tensor: Any) -> str:
-    return str(_producer(tensor).name)
-
-
 def graph_layers(model: keras.Model) -> list[Any]:
     """Layers in model (topological) order, without InputLayers."""
     return [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
@@ -145,14 +115,14 @@ def is_shared(layer: Any) -> bool:
     return len(layer._inbound_nodes) > 1
 
 
-def _producer(tensor: Any) -> Any:
+def producer(tensor: Any) -> Any:
     return tensor._keras_history.operation
 
 
 def source(tensor: Any) -> tuple[str, Any]:
     """(name, keras tensor) of the value whose range ``tensor`` has, looking through PASSTHROUGH."""
     while True:
-        layer = _producer(tensor)
+        layer = producer(tensor)
         if layer_type(layer) in PASSTHROUGH and not isinstance(layer.input, (list, tuple)):
             tensor = layer.input
             continue

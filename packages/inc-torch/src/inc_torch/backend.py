@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import io as _io
-import time
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -14,11 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from inc_core import timing
 from inc_core.backend import Backend
 from inc_core.errors import BackendNotAvailable, DataError, DeviceNotAvailable, ModelError
 from inc_core.space import Capability, OpInfo, QuantPlan, TensorRanges
 
-from . import _ops, build, capability, checks, diagnosis, io, qat, smooth_quant, static
+from . import _ops, build, capability, checks, diagnosis, model_io, qat, smooth_quant, static
 from ._data import as_args, call, example_args, to_numpy
 from .qconfig import ENGINES, Settings, quantized_engine
 
@@ -31,6 +31,7 @@ class TorchBackend(Backend):
     config_backends = ("default", "ipex")
     op_type_aliases: ClassVar = _ops.OP_TYPE_ALIASES
     priority = 10
+    supports_qat = True
 
     def __init__(self) -> None:
         self._config_backend = "default"
@@ -46,7 +47,12 @@ class TorchBackend(Backend):
 
     # -- configuration -------------------------------------------------------------------------
     def check_config(self, conf: Any) -> None:
+        # the run's state, read here only (a trial on an executor calls nothing else first):
+        # the engine conf.backend picks, and the example the model is traced with (the core
+        # fills conf.example_inputs with the first calibration batch when the user gave none)
         self._config_backend = conf.backend
+        example = getattr(conf, "example_inputs", None)
+        self._example_inputs = example_args(example) if example is not None else None
         if conf.device == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
             raise DeviceNotAvailable(
                 "device='xpu' was requested but no Intel GPU (XPU) is available to torch "
@@ -63,12 +69,10 @@ class TorchBackend(Backend):
         if not isinstance(model, nn.Module):
             raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
         checks.check_model(model)
-        self._config_backend = getattr(conf, "backend", "default")
         # work on a copy: fit puts the model in eval mode, QAT trains it; the user's is untouched
         native = _ops.rooted(copy.deepcopy(model).eval())
         example = getattr(conf, "example_inputs", None)
         if example is not None:
-            self._example_inputs = example_args(example)
             try:
                 with torch.no_grad():
                     call(native, example)
@@ -92,7 +96,7 @@ class TorchBackend(Backend):
         batches = list(dataloader)
         if not batches:
             raise DataError("calib_dataloader yielded no samples; give it at least one batch")
-        self._example_inputs = self._example_inputs or example_args(batches[0])
+        example = self._example_inputs or example_args(batches[0])
         _check_runs(model, batches[0], "calib_dataloader")
         settings = Settings.of(plan)
         work = copy.deepcopy(model).eval()
@@ -103,7 +107,7 @@ class TorchBackend(Backend):
             smooth_quant.scale_weights(work, scales)
             mode = "eager" if smooth_quant.hooked(scales) else None
         with quantized_engine(settings.qengine):
-            prepared = static.prepare(work, plan, settings, self._example_inputs, mode=mode)
+            prepared = static.prepare(work, plan, settings, example, mode=mode)
             if scales:
                 smooth_quant.install(prepared.model, scales)
             ranges = static.calibrate(prepared, batches)
@@ -133,23 +137,16 @@ class TorchBackend(Backend):
             return to_numpy(call(model, inputs))
 
     def latency(self, model: nn.Module, inputs: Sequence[Any]) -> float:
-        # inputs become tensors before timing (the same for fp32 and int8); each input shape is
-        # run once untimed first: an int8 FX model traces and freezes itself per shape, and
-        # oneDNN/FBGEMM pack weights and pick kernels at a shape's first call
+        # inputs become tensors before timing (the same for fp32 and int8); an int8 FX model
+        # traces and freezes itself per shape, and oneDNN/FBGEMM pack weights and pick kernels
+        # at a shape's first call: the core's helper runs each shape once untimed first
         batches = [as_args(batch) for batch in inputs]
-        times = []
         with torch.no_grad(), quantized_engine(_qengine_of(model)):
-            seen: set[Any] = set()
-            for args, kwargs in batches:
-                shape = _signature(args, kwargs)
-                if shape not in seen:
-                    seen.add(shape)
-                    model(*args, **kwargs)
-            for args, kwargs in batches:
-                start = time.perf_counter()
-                model(*args, **kwargs)
-                times.append(time.perf_counter() - start)
-        return float(np.median(times))
+            return timing.latency(
+                lambda batch: model(*batch[0], **batch[1]),
+                batches,
+                key=lambda batch: _signature(*batch),
+            )
 
     def op_outputs(self, model: nn.Module, inputs: Any, ops: Sequence[str]) -> dict[str, Any]:
         # an fp32 model is read after the fusions of the engine its int8 models will use
@@ -165,10 +162,10 @@ class TorchBackend(Backend):
 
     # -- files ---------------------------------------------------------------------------------
     def save(self, model: nn.Module, directory: Path) -> list[str]:
-        return io.save(model, directory)
+        return model_io.save(model, directory)
 
     def load(self, directory: Path, **kwargs: Any) -> nn.Module:
-        return io.load(directory, **kwargs)
+        return model_io.load(directory, **kwargs)
 
     # -- quantization-aware training -----------------------------------------------------------
     def prepare_qat(self, model: nn.Module, plan: QuantPlan) -> nn.Module:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from inc_core.calibration import OBSERVERS
-from inc_core.space import ALGORITHMS, OpCapability, TensorOptions
+from inc_core.capability import core_algorithms
+from inc_core.space import OpCapability, TensorOptions
 
 from ._ops import DYNAMIC_PER_CHANNEL, DYNAMIC_TYPES, STATIC_TYPES
 
 
 def _algorithms() -> tuple[str, ...]:
-    # the calibration algorithms the installed inc-core implements, minmax first
-    return tuple(a for a in ALGORITHMS if a in OBSERVERS)
+    return core_algorithms()
 
 
 def static(backend: str) -> dict[str, OpCapability]:
