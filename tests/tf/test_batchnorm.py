@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from inc_core import PostTrainingQuantConfig, quantization
+from inc_tf import fold
 from inc_tf import layers as kl
 
 from .conftest import same_weights, weights_of
 
 
 def test_folded_copy_computes_the_same_function(bn_cnn, digits):
-    copy = kl.graph_copy(bn_cnn, fold_batchnorm=True)
+    copy = fold.graph_copy(bn_cnn, fold_batchnorm=True)
     kinds = {layer.name: kl.layer_type(layer) for layer in copy.layers}
     assert kinds["bn1"] == kinds["relu1"] == kinds["bn3"] == "Identity"
     assert copy.get_layer("conv1").activation.__name__ == "relu"
