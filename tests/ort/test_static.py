@@ -341,3 +341,54 @@ def test_fused_nodes_keep_the_users_node_names(digits):
     q = quantization.fit(model, conf, calib_dataloader=loader)
     assert set(q.plan.ops) == {"fc0", "fc1"}
     assert q.plan.float_ops() == ["fc0"] and q.plan.quantized_ops() == ["fc1"]
+
+
+def _without_build_shortcuts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """inc's quantizer as onnxruntime's parent class builds by itself: shape inference through a
+    saved file, a scan of every node per replaced input, per-channel weights one channel at a
+    time (inc's own shortcuts for these must not change one byte)."""
+    from contextlib import nullcontext
+
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    from inc_ort import quantizer
+
+    monkeypatch.setattr(quantizer, "with_inferred_shapes", lambda model: model)
+    monkeypatch.setattr(quantizer, "IndexedModel", ONNXModel)
+    monkeypatch.setattr(quantizer, "_vectorized_weights", nullcontext)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"quant_format": "QOperator"},
+        {
+            "op_name_dict": {
+                "conv1": {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": ["fp32"]}}
+            }
+        },
+        {"op_type_dict": {"Conv": {"weight": {"granularity": ["per_tensor"]}}}},
+    ],
+    ids=["qdq", "qoperator", "conv1-fp32", "per-tensor"],
+)
+def test_build_shortcuts_give_the_parents_bytes(cnn, calib, monkeypatch, options):
+    conf = PostTrainingQuantConfig(guards=False, **options)
+    fast = quantization.fit(cnn, conf, calib_dataloader=calib).model.SerializeToString()
+    with monkeypatch.context() as patched:
+        _without_build_shortcuts(patched)
+        slow = quantization.fit(cnn, conf, calib_dataloader=calib).model.SerializeToString()
+    assert hashlib.sha256(fast).hexdigest() == hashlib.sha256(slow).hexdigest()
+
+
+def test_build_shortcuts_give_the_parents_bytes_on_minilm(minilm, reviews, monkeypatch):
+    from .models import encode
+
+    texts, _ = reviews
+    data = [encode(texts[i : i + 16]) for i in (0, 16)]
+    conf = PostTrainingQuantConfig(guards=False)
+    fast = quantization.fit(minilm, conf, calib_dataloader=data).model.SerializeToString()
+    with monkeypatch.context() as patched:
+        _without_build_shortcuts(patched)
+        slow = quantization.fit(minilm, conf, calib_dataloader=data).model.SerializeToString()
+    assert fast == slow
