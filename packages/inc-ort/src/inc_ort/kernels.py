@@ -96,6 +96,8 @@ def kernel_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
             groups["ConvTranspose"].append(node.name)
         elif node.op_type == "MatMul" and not constants & set(node.input[:2]):
             groups["MatMul (attention)"].append(node.name)
+    listed = {node.name for node in graph.listed_nodes(model)}
+    groups = {label: [name for name in names if name in listed] for label, names in groups.items()}
     return {label: names for label, names in groups.items() if names}
 
 
