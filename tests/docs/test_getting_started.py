@@ -80,7 +80,7 @@ def _check_pip_line(line: str, where: str) -> None:
     for word in shlex.split(line)[2:]:
         if word.startswith("-"):
             continue
-        m = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[([\w,-]+)\])?(?:[<>=!~].*)?", word)
+        m = re.fullmatch(r"([A-Za-z0-9_./-]+)(?:\[([\w,-]+)\])?(?:[<>=!~].*)?", word)
         assert m, f"{where}: cannot read requirement {word!r}"
         name, extras = m[1], m[2]
         if name.startswith("packages/"):
