@@ -14,7 +14,7 @@ import numpy as np
 
 from inc_core.backend import Backend
 from inc_core.calibration import OBSERVERS
-from inc_core.errors import ConfigError, DataError, ModelError
+from inc_core.errors import ConfigError, DataError
 from inc_core.space import (
     OpCapability,
     OpInfo,
@@ -168,6 +168,8 @@ class OrtBackend(Backend):
         if plan.recipes.get("smooth_quant"):
             work = recipes.apply_smooth_quant(work, ranges, plan)
         nodes = planner.split_nodes(work, plan)
+        if model_io.detached(work):
+            _load_weights(work, {*nodes.static, *nodes.dynamic})
         if not nodes.static and not nodes.dynamic:
             out = work
         else:
@@ -190,7 +192,11 @@ class OrtBackend(Backend):
                     # onnxruntime's own Gemm rewrite renames the nodes; ours keeps the names
                     work = graph.gemm_to_matmul(work)
                 spec = planner.dynamic_spec(work, plan, nodes)
-                work = run(IncQOperatorQuantizer(work, spec, static=False))
+                quantizer = IncQOperatorQuantizer(work, spec, static=False)
+                # onnxruntime's dynamic quantizer works on a copy it reloaded: let go of ours
+                # (for a >2 GB model, the weights it holds)
+                del work
+                work = run(quantizer)
             out = work
         return finish(out, model)
 
@@ -220,20 +226,18 @@ class OrtBackend(Backend):
         # Idle sessions must not spin: the guards time an fp32 and an int8 session in turn, and
         # spinning worker threads of one steal the cores of the other.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if model.ByteSize() >= model_io.PROTOBUF_LIMIT:
-            raise ModelError(
-                "models over 2 GB run from a saved folder: QuantizedModel.save() then load()"
-            )
+        if model_io.detached(model):  # one >2 GB model's session at a time
+            for other in [k for k, c in self._sessions.items() if model_io.detached(c.model)]:
+                self._sessions.pop(other)
         # An int8 model's session keeps the graph onnxruntime optimized: runs_as reads it
-        # instead of building a second session (the guards time the model they return).
-        keep = kernels.is_quantized(model)
+        # instead of building a second session (the guards time the model they return); not
+        # for a detached (>2 GB) one, whose optimized graph could not be written in one file.
+        keep = kernels.is_quantized(model) and not model_io.detached(model)
         with tempfile.TemporaryDirectory(prefix="inc-ort-session-") as tmp:
             if keep:
                 options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-            sess = ort.InferenceSession(
-                model.SerializeToString(),
-                options,
-                providers=providers.providers_for(self.config_backend),
+            sess = model_io.inference_session(
+                model, options, providers.providers_for(self.config_backend)
             )
             optimized = Path(options.optimized_model_filepath).read_bytes() if keep else None
         if len(self._sessions) >= 4:
@@ -272,11 +276,24 @@ class OrtBackend(Backend):
         return float(np.median(times))
 
     def model_size(self, model: onnx.ModelProto) -> int:
-        return int(model.ByteSize())
+        return model_io.model_size(model)
+
+    def fingerprint(self, model: onnx.ModelProto) -> str | None:
+        """The default digest, plus the content of a detached model's data files (the proto
+        only names them), streamed."""
+        digest = super().fingerprint(model)
+        if not model_io.detached(model):
+            return digest
+        return model_io.data_digest(model, digest or "")
 
     def op_outputs(
         self, model: onnx.ModelProto, inputs: Any, ops: Sequence[str]
     ) -> dict[str, np.ndarray]:
+        if model_io.detached(model):
+            # a second session of a >2 GB model beside the cached one would hold its weights
+            # twice more; the per-op diagnosis is left out for such models (report says none)
+            log.info("per-op outputs are not computed for models over 2 GB")
+            return {}
         exposed, tensors = kernels.exposed_outputs(model, ops)
         if not tensors:
             return {}
@@ -291,6 +308,9 @@ class OrtBackend(Backend):
         }
 
     def runs_as(self, model: onnx.ModelProto) -> dict[str, str]:
+        if model_io.detached(model):
+            # onnxruntime cannot write the optimized graph of a >2 GB model in one file
+            return {}
         cached = self._sessions.get(id(model))
         if cached is not None and cached.model is model and cached.optimized is not None:
             optimized = onnx.load_model_from_string(cached.optimized)
@@ -338,6 +358,22 @@ class _Cached:
     warm: set[tuple[tuple[str, tuple[int, ...]], ...]] = field(default_factory=set)
 
 
+def _load_weights(model: onnx.ModelProto, nodes: set[str]) -> None:
+    """Prepare a detached (>2 GB) model for onnxruntime's quantizer, in place: shape inference
+    on the light proto, recorded the way onnxruntime's quantizer records its own (so it does not
+    copy and reload the model to infer shapes), then the data of the quantized nodes' constant
+    inputs only -- the weights it reads; the others stay in inc's store."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    del inferred
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    add_infer_metadata(model)
+    wanted = {i for n in model.graph.node if n.name in nodes for i in n.input}
+    model_io.materialize(model, wanted)
+
+
 def _shapes(feed: dict[str, Any]) -> tuple[tuple[str, tuple[int, ...]], ...]:
     return tuple(sorted((name, tuple(np.shape(value))) for name, value in feed.items()))
 
@@ -365,7 +401,13 @@ def prepare(proto: onnx.ModelProto, recipe: dict[str, Any]) -> onnx.ModelProto:
 
 def finish(out: onnx.ModelProto, source: onnx.ModelProto) -> onnx.ModelProto:
     """Drop inc's bookkeeping and keep the input's opset for the default domain."""
-    keep = [p for p in out.metadata_props if not p.key.startswith("inc.")]
+    # onnx.infer: set by _load_weights for onnxruntime's quantizer, not the user's
+    source_keys = {p.key for p in source.metadata_props}
+    keep = [
+        p
+        for p in out.metadata_props
+        if not p.key.startswith("inc.") and (p.key != "onnx.infer" or p.key in source_keys)
+    ]
     del out.metadata_props[:]
     out.metadata_props.extend(keep)
     want = {o.domain: o.version for o in source.opset_import}

@@ -12,7 +12,7 @@ from inc_core.calibration import create_observer
 from inc_core.errors import DataError
 from inc_core.space import TensorRange, TensorRanges
 
-from . import graph
+from . import graph, model_io
 from ._runtime import onnx, ort
 from .feeds import to_feed
 
@@ -53,9 +53,8 @@ def session(
     # The exposed tensors must be the fp32 graph's own, not those of a fused graph.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(
-        augmented.SerializeToString(), options, providers=providers or ["CPUExecutionProvider"]
-    )
+    # model_io reads the data of a detached (>2 GB) model from inc's store
+    return model_io.inference_session(augmented, options, providers or ["CPUExecutionProvider"])
 
 
 def run_batches(

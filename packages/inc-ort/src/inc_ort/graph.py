@@ -11,6 +11,7 @@ import numpy as np
 
 from inc_core.errors import ModelError
 
+from . import model_io
 from ._runtime import onnx, ort
 from .model_io import PROTOBUF_LIMIT
 
@@ -257,6 +258,21 @@ def optimize(model: onnx.ModelProto, level: str) -> onnx.ModelProto:
     options = ort.SessionOptions()
     options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[level]
     options.log_severity_level = 3
+    if model_io.detached(model):  # a model over 2 GB: its data stays in files (model_io.load)
+        optimized = model_io.optimized_detached(model, options)
+    else:
+        optimized = _optimized(model, options)
+    # Keep the user's opsets and metadata; onnxruntime may add a contrib-domain import.
+    del optimized.metadata_props[:]
+    optimized.metadata_props.extend(model.metadata_props)
+    optimized.producer_name, optimized.producer_version = (
+        model.producer_name,
+        model.producer_version,
+    )
+    return optimized
+
+
+def _optimized(model: onnx.ModelProto, options: ort.SessionOptions) -> onnx.ModelProto:
     big = model.ByteSize() >= PROTOBUF_LIMIT - 2**26
     with tempfile.TemporaryDirectory(prefix="inc-ort-opt-") as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
@@ -277,15 +293,7 @@ def optimize(model: onnx.ModelProto, level: str) -> onnx.ModelProto:
             ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelError(f"onnxruntime cannot load the model: {exc}") from exc
-        optimized = onnx.load_model(str(dst), load_external_data=True)
-    # Keep the user's opsets and metadata; onnxruntime may add a contrib-domain import.
-    del optimized.metadata_props[:]
-    optimized.metadata_props.extend(model.metadata_props)
-    optimized.producer_name, optimized.producer_version = (
-        model.producer_name,
-        model.producer_version,
-    )
-    return optimized
+        return onnx.load_model(str(dst), load_external_data=True)
 
 
 def topological(model: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from inc_core.errors import ModelError
 
@@ -15,11 +21,27 @@ from ._runtime import onnx, ort
 PROTOBUF_LIMIT = 2**31 - 1
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+#: models whose tensor data reach this size are held "detached" (see ``load``)
+LARGE_MODEL_BYTES = PROTOBUF_LIMIT - 2**26
+#: a tensor this big is written to a data file when a model is saved with external data
+EXTERNAL_MIN_BYTES = 1024
+#: session config key: the folder relative external data locations are read from
+_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+_CHUNK = 2**26
 
 
 def load(model: Any) -> onnx.ModelProto:
-    """A private copy of the user's model (a path or a ModelProto), external data loaded."""
+    """A private copy of the user's model (a path or a ModelProto), external data loaded.
+
+    A model whose tensor data reach ``LARGE_MODEL_BYTES`` (protobuf cannot serialize a message
+    over 2 GB) is returned *detached*: its big tensors stay in files of inc's store (the user's
+    data files hard-linked there, or copied where a link cannot be made) and the proto holds
+    only references to them, so it serializes, copies and checks in kilobytes. Sessions read
+    the store through ``session``; ``materialize`` loads the tensors a step must read.
+    """
     if isinstance(model, onnx.ModelProto):
+        if data_bytes(model) >= LARGE_MODEL_BYTES and not detached(model):
+            return detach(model)
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return copy
@@ -28,7 +50,11 @@ def load(model: Any) -> onnx.ModelProto:
         raise ModelError(f"{path} does not exist or is not a file; give the path of a .onnx model")
     try:
         # Reads external data relative to the model's folder; only reads, never writes.
-        proto = onnx.load_model(str(path), load_external_data=True)
+        proto = onnx.load_model(str(path), load_external_data=False)
+        if detached(proto) and data_bytes(proto) >= LARGE_MODEL_BYTES:
+            _adopt(proto, path.parent)
+        else:
+            onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:
         raise ModelError(
             f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); "
@@ -143,8 +169,12 @@ def check(model: onnx.ModelProto, where: str = "the model") -> None:
     check_opset(model, where)
     check_not_quantized(model, where)
     try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
+        if detached(model):
+            _check_detached(model)
+        elif data_bytes(model) < LARGE_MODEL_BYTES:
             onnx.checker.check_model(model)
+        else:
+            _check_detached(detach(model))
     except Exception as exc:
         raise ModelError(f"{where} is not a valid ONNX model: {exc}") from exc
 
@@ -154,6 +184,8 @@ def save(model: onnx.ModelProto, path: Path, external: bool | None = None) -> li
 
     Returns the file names written, relative to ``path.parent``.
     """
+    if detached(model) or data_bytes(model) >= LARGE_MODEL_BYTES:
+        return _save_external(model, path)
     if external is None:
         external = model.ByteSize() >= PROTOBUF_LIMIT - 2**26
     copy = onnx.ModelProto()
@@ -171,3 +203,304 @@ def save(model: onnx.ModelProto, path: Path, external: bool | None = None) -> li
         return [path.name, data_name]
     onnx.save_model(copy, str(path))
     return [path.name]
+
+
+# ---------------------------------------------------------------- models over 2 GB (detached)
+
+
+@functools.cache
+def store() -> Path:
+    """inc's folder for the tensor data of detached models (removed when the process exits)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"inc-ort-store-{os.getpid()}-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def _external(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def detached(model: onnx.ModelProto) -> bool:
+    """Whether some initializer's data lives in a file rather than in the proto."""
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """The size of a tensor's data, read from its dims (never by serializing it)."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        length = _external(tensor).get("length")
+        if length:
+            return int(length)
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except Exception:  # strings and exotic types: small in practice
+        itemsize = 1
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+
+
+def data_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data the model holds or points to (initializers of the main graph)."""
+    return sum(tensor_bytes(t) for t in model.graph.initializer)
+
+
+def model_size(model: onnx.ModelProto) -> int:
+    """The model's size in bytes, its external data included, without serializing it whole."""
+    if detached(model) or data_bytes(model) >= LARGE_MODEL_BYTES:
+        return int(_light(model, lambda t: False).ByteSize()) + data_bytes(model)
+    return int(model.ByteSize())
+
+
+def _linked(source: Path) -> str:
+    """The name in ``store()`` of a hard link to (or, across file systems, a copy of) ``source``.
+
+    onnxruntime reads external data only from below one folder and refuses symlinks; a hard
+    link costs no space and the user's file is only ever read through it.
+    """
+    key = source.resolve()
+    stat = key.stat()
+    cache = _links.setdefault((stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns), "")
+    if cache:
+        return cache
+    name = f"user-{uuid.uuid4().hex}.data"
+    try:
+        os.link(key, store() / name)
+    except OSError:
+        shutil.copyfile(key, store() / name)
+    _links[(stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)] = name
+    return name
+
+
+_links: dict[tuple[int, int, int, int], str] = {}
+
+
+def _adopt(model: onnx.ModelProto, folder: Path) -> None:
+    """Point ``model``'s external tensors (relative to ``folder``) at links in ``store()``."""
+    root = folder.resolve()
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = _external(tensor)
+        source = (root / info.get("location", "")).resolve()
+        if not source.is_relative_to(root) or not source.is_file():
+            raise ModelError(
+                f"tensor {tensor.name!r} points to external data {info.get('location')!r}, which "
+                f"is not a file inside {root}; keep a model's data files beside it"
+            )
+        _set_external(tensor, _linked(source), int(info.get("offset", 0)), info.get("length"))
+
+
+def _set_external(tensor: onnx.TensorProto, location: str, offset: int, length: Any) -> None:
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entries = [("location", location), ("offset", str(offset))]
+    if length is not None:
+        entries.append(("length", str(length)))
+    for key, value in entries:
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _light(model: onnx.ModelProto, keep: Any) -> onnx.ModelProto:
+    """A copy of ``model`` without the initializers ``keep(tensor)`` rejects (never copying
+    the whole proto: that is what a >2 GB model cannot afford)."""
+    light = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name == "graph":
+            continue
+        target = getattr(light, field.name)
+        if field.label == field.LABEL_REPEATED:
+            target.extend(value)
+        elif field.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(light, field.name, value)
+    for field, value in model.graph.ListFields():
+        if field.name == "initializer":
+            continue
+        target = getattr(light.graph, field.name)
+        if field.label == field.LABEL_REPEATED:
+            target.extend(value)
+        elif field.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(light.graph, field.name, value)
+    light.graph.initializer.extend(t for t in model.graph.initializer if keep(t))
+    return light
+
+
+def _raw(tensor: onnx.TensorProto) -> bytes:
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    return onnx.numpy_helper.to_array(tensor).tobytes()
+
+
+def detach(model: onnx.ModelProto, min_bytes: int = 2**20) -> onnx.ModelProto:
+    """A detached copy of ``model``: in-proto tensors of ``min_bytes`` or more are written to
+    a file of ``store()`` (one tensor at a time) and referenced from there."""
+    small = _light(
+        model,
+        lambda t: t.data_location == onnx.TensorProto.EXTERNAL or tensor_bytes(t) < min_bytes,
+    )
+    order = [t.name for t in model.graph.initializer]
+    kept = {t.name: t for t in small.graph.initializer}
+    name = f"inc-{uuid.uuid4().hex}.data"
+    out: dict[str, onnx.TensorProto] = {}
+    offset = 0
+    with open(store() / name, "wb") as file:
+        for tensor in model.graph.initializer:
+            if tensor.name in kept:
+                continue
+            data = _raw(tensor)
+            ref = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+            _set_external(ref, name, offset, len(data))
+            file.write(data)
+            offset += len(data)
+            pad = -offset % 4096  # page-aligned tensors can be memory-mapped by onnxruntime
+            file.write(b"\0" * pad)
+            offset += pad
+            out[tensor.name] = ref
+            del data
+    del small.graph.initializer[:]
+    for key in order:
+        small.graph.initializer.append(kept[key] if key in kept else out[key])
+    return small
+
+
+def _read(tensor: onnx.TensorProto, folder: Path) -> bytes:
+    info = _external(tensor)
+    with open(folder / info["location"], "rb") as file:
+        file.seek(int(info.get("offset", 0)))
+        length = info.get("length")
+        return file.read(int(length)) if length else file.read()
+
+
+def materialize(model: onnx.ModelProto, names: set[str]) -> None:
+    """Load the data of the detached initializers named ``names`` into ``model`` (in place):
+    for steps that read tensor values (onnxruntime's quantizer reads the weights it quantizes)."""
+    for tensor in model.graph.initializer:
+        if tensor.name in names and tensor.data_location == onnx.TensorProto.EXTERNAL:
+            data = _read(tensor, store())
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = data
+            del data
+
+
+def sessionable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a detached copy when its in-proto data is too big to serialize."""
+    inline = sum(
+        tensor_bytes(t)
+        for t in model.graph.initializer
+        if t.data_location != onnx.TensorProto.EXTERNAL
+    )
+    return detach(model) if inline >= LARGE_MODEL_BYTES else model
+
+
+def inference_session(
+    model: onnx.ModelProto, options: Any, providers: list[str]
+) -> ort.InferenceSession:
+    """An InferenceSession over ``model``, detached or not (its data read from ``store()``)."""
+    model = sessionable(model)
+    if detached(model):
+        options.add_session_config_entry(_FOLDER_KEY, str(store()))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+
+
+def optimized_detached(model: onnx.ModelProto, options: Any) -> onnx.ModelProto:
+    """The graph onnxruntime optimizes from a detached ``model`` (``options`` set the level),
+    detached too: onnxruntime writes its tensors to a new file of ``store()``."""
+    tag = uuid.uuid4().hex
+    target = store() / f"opt-{tag}.onnx"
+    options.optimized_model_filepath = str(target)
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", f"opt-{tag}.data"
+    )
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", str(2**20)
+    )
+    try:
+        inference_session(model, options, ["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"onnxruntime cannot load the model: {exc}") from exc
+    try:
+        return onnx.load_model(str(target), load_external_data=False)
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def _check_detached(model: onnx.ModelProto) -> None:
+    """The ONNX checker on a detached model, through a file: the checker reads the graph, and of
+    external data only whether the files exist (it refuses hard links, which the store holds, so
+    it is shown empty sparse files of the same sizes)."""
+    with tempfile.TemporaryDirectory(prefix="inc-ort-check-") as tmp:
+        for name in {_external(t)["location"] for t in model.graph.initializer if _external(t)}:
+            with open(Path(tmp) / name, "wb") as file:
+                file.truncate((store() / name).stat().st_size)
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(model, str(path))
+        onnx.checker.check_model(str(path))
+
+
+def _save_external(model: onnx.ModelProto, path: Path) -> list[str]:
+    """Write ``model`` with its tensors of ``EXTERNAL_MIN_BYTES`` or more in ``<name>.data``,
+    streaming detached ones from ``store()`` (the whole proto is never serialized)."""
+    data_name = f"{path.name}.data"
+    light = _light(model, lambda t: False)
+    offset = 0
+    with open(path.parent / data_name, "wb") as out:
+        for tensor in model.graph.initializer:
+            if (
+                tensor.data_location != onnx.TensorProto.EXTERNAL
+                and tensor_bytes(tensor) < EXTERNAL_MIN_BYTES
+            ):
+                light.graph.initializer.append(tensor)
+                continue
+            ref = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+            start = offset
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                info = _external(tensor)
+                with open(store() / info["location"], "rb") as source:
+                    source.seek(int(info.get("offset", 0)))
+                    left = int(info["length"]) if info.get("length") else None
+                    while left is None or left > 0:
+                        chunk = source.read(_CHUNK if left is None else min(_CHUNK, left))
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        offset += len(chunk)
+                        left = None if left is None else left - len(chunk)
+            else:
+                data = _raw(tensor)
+                out.write(data)
+                offset += len(data)
+                del data
+            _set_external(ref, data_name, start, offset - start)
+            light.graph.initializer.append(ref)
+            pad = -offset % 4096
+            out.write(b"\0" * pad)
+            offset += pad
+    onnx.save_model(light, str(path))
+    return [path.name, data_name]
+
+
+def data_digest(model: onnx.ModelProto, seed: str = "") -> str:
+    """A sha256 over ``seed`` and the data of ``model``'s detached tensors, read in chunks (the
+    proto alone names only files, so equal graphs with other weights would digest the same)."""
+    import hashlib
+
+    digest = hashlib.sha256(seed.encode())
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = _external(tensor)
+        digest.update(tensor.name.encode())
+        with open(store() / info["location"], "rb") as file:
+            file.seek(int(info.get("offset", 0)))
+            left = int(info["length"]) if info.get("length") else -1
+            while left:
+                chunk = file.read(_CHUNK if left < 0 else min(_CHUNK, left))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                left = left - len(chunk) if left > 0 else left
+    return digest.hexdigest()
