@@ -171,16 +171,21 @@ def with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     light = onnx.ModelProto()
     light.CopyFrom(model)  # one copy, as the parent's deepcopy
     moved = [
-        tensor
-        for tensor in _initializers(light)
+        i
+        for i, tensor in enumerate(_initializers(light))
         if tensor.HasField("raw_data")
         and len(tensor.raw_data) + _BYTES_OVERHEAD >= _EXTERNAL_THRESHOLD
     ]
-    for tensor in moved:
-        onnx.external_data_helper.set_external_data(tensor, "inc-shape-inference.data")
-        tensor.ClearField("raw_data")
+    tensors = _initializers(light)
+    for i in moved:
+        onnx.external_data_helper.set_external_data(tensors[i], "inc-shape-inference.data")
+        tensors[i].ClearField("raw_data")
     inferred = onnx.shape_inference.infer_shapes(light)
-    for tensor, original in zip(_initializers(inferred), _initializers(model), strict=True):
+    # only the tensors moved here get their bytes back: a model's own external-data tensors
+    # (inc's store for models over 2 GB) stay as they are
+    tensors, originals = _initializers(inferred), _initializers(model)
+    for i in moved:
+        tensor, original = tensors[i], originals[i]
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             tensor.raw_data = original.raw_data
             tensor.data_location = onnx.TensorProto.DEFAULT
