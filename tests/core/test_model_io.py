@@ -38,7 +38,8 @@ def sha256(path: Path) -> str:
 def test_save_writes_native_files_and_a_manifest(quantized, tmp_path):
     out = quantized.save(tmp_path / "q")
     assert out == (tmp_path / "q").resolve()
-    assert sorted(p.name for p in out.iterdir()) == ["inc.json", "layout.json", "weights.npz"]
+    files = ["inc.json", "layout.json", "report.html", "weights.npz"]
+    assert sorted(p.name for p in out.iterdir()) == files
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["format_version"] == FORMAT_VERSION
     assert manifest["backend"] == "reference"
@@ -46,6 +47,7 @@ def test_save_writes_native_files_and_a_manifest(quantized, tmp_path):
     assert manifest["files"] == {
         "layout.json": sha256(out / "layout.json"),
         "weights.npz": sha256(out / "weights.npz"),
+        "report.html": sha256(out / "report.html"),
     }
     assert manifest["plan"] == quantized.plan.to_dict()
     assert manifest["plan"]["ops"]["fc1"]["approach"] == "static"

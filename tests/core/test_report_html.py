@@ -197,11 +197,6 @@ def test_sizes_count_the_model_files_not_the_report(tmp_path):
     assert model_sizes(tmp_path, ["model.bin"]) == {"fp32_bytes": None, "int8_bytes": 300}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="QuantizedModel.save does not call inc_core.report yet (the 7-line hook in "
-    "inc_core/model.py is the owner's to apply; remove this mark with it)",
-)
 def test_save_writes_report_html_listed_and_checked_like_the_model(mlp, calib_loader, tmp_path):
     q = quantization.fit(
         mlp, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib_loader

@@ -143,7 +143,7 @@ def test_save_load_round_trip_is_native_and_identical(digits_net, digits_calib, 
     q = _quantize(digits_net, digits_calib)
     q.save(tmp_path / "q")
     files = sorted(p.name for p in (tmp_path / "q").iterdir())
-    assert files == ["inc.json", "model-0000.params", "model-symbol.json"]
+    assert files == ["inc.json", "model-0000.params", "model-symbol.json", "report.html"]
     loaded = load(tmp_path / "q")
     assert isinstance(loaded.model, mx.gluon.SymbolBlock)
     x = mx.nd.array(digits.x_test)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import backend as registry
+from . import report as report_page
 from .errors import ConfigError, ModelError
 from .space import QuantPlan
 
@@ -68,7 +69,7 @@ class QuantizedModel:
         return rows
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the native artifact and inc.json into ``directory``, atomically.
+        """Write the native artifact, inc.json and report.html into ``directory``, atomically.
 
         Either the whole directory is written or, on failure, what was there before is left
         untouched. An existing directory is replaced only when it is empty or holds an earlier
@@ -105,6 +106,13 @@ class QuantizedModel:
                 "config": dict(self.config),
                 "report": self.report,
             }
+            # report.html (tables; charts with inc-core[report]) reads the manifest as JSON
+            # holds it; it is listed in files like the model, so load() checks it and a later
+            # save over this directory knows it as inc's
+            manifest["sizes"] = report_page.model_sizes(staging, manifest["files"], self.sources)
+            text = json.dumps(manifest, indent=2, default=_json_default)
+            page = report_page.write_html(staging, json.loads(text))
+            manifest["files"][page] = _sha256(staging / page)
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
             _replace_dir(staging, target)
         except BaseException:
