@@ -7,20 +7,31 @@ would be.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import importlib
 import logging
 import sys
 import textwrap
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from inc_core import PostTrainingQuantConfig, quantization
+import inc_core
+from inc_core import (
+    PostTrainingQuantConfig,
+    QuantizationAwareTrainingConfig,
+    first_party,
+    quantization,
+)
 from inc_core import backend as registry
 from inc_core.backend import Backend
 from inc_core.errors import BackendNotAvailable, ConfigError, ModelError
+from inc_core.metric import METRICS
 
 from .reference_backend import ReferenceBackend
 
@@ -316,13 +327,228 @@ def test_no_backend_error_mentions_plugins_that_failed_to_load(plugins):
 @pytest.mark.parametrize(
     ("attr", "value", "message"),
     [
-        ("convention", "tflite", r"convention 'tflite' is not a scheme convention.*allowed: tensorflow"),
+        (
+            "convention",
+            "tflite",
+            r"convention 'tflite' is not a scheme convention.*allowed: tensorflow",
+        ),
         ("framework", "keras", r"framework 'keras' is INC's alias of framework 'tensorflow'"),
         ("supports_qat", "yes", r"supports_qat must be a bool, got 'yes'"),
     ],
 )
 def test_registration_checks_convention_framework_and_qat_naming_the_plugin(attr, value, message):
-    broken = type("Broken", (ReferenceBackend,), {"name": "broken", attr: value, "__module__": __name__})
-    with pytest.raises(TypeError, match=rf"backend class tests\.core\.test_registry\.Broken.*{message}"):
+    broken = type(
+        "Broken", (ReferenceBackend,), {"name": "broken", attr: value, "__module__": __name__}
+    )
+    with pytest.raises(
+        TypeError, match=rf"backend class tests\.core\.test_registry\.Broken.*{message}"
+    ):
         registry.register(broken)
     assert "broken" not in registry.available()
+
+
+# A backend from another distribution (tests/core/backend_dist: ``inc-backend-demo``) brings its
+# own framework, config backend and device; the core takes them from its class, no core edit.
+
+DEMO_DIST = Path(__file__).parent / "backend_dist"
+
+
+@pytest.fixture
+def demo(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``inc-backend-demo`` on the path, as ``pip install`` would put it; yields its module."""
+    monkeypatch.syspath_prepend(str(DEMO_DIST))
+    importlib.invalidate_caches()
+    registry.reset()
+    yield importlib.import_module("inc_backend_demo")
+    monkeypatch.undo()
+    importlib.invalidate_caches()
+    sys.modules.pop("inc_backend_demo", None)
+    registry.reset()
+
+
+def demo_net(module: Any) -> Any:
+    rng = np.random.default_rng(0)
+    return module.DemoNet((rng.normal(0, 0.5, (6, 8)), rng.normal(0, 0.5, (8, 3))))
+
+
+def demo_batches() -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    return [rng.normal(0, 1, (20, 6)) for _ in range(4)]
+
+
+def test_inc_names_are_checked_without_loading_any_plugin(demo):
+    sys.modules.pop("inc_backend_demo", None)
+    registry.reset()
+    for make in (PostTrainingQuantConfig, QuantizationAwareTrainingConfig):
+        make(backend="ipex", device="xpu")
+        make(backend="onnxrt_dml_ep", device="npu")
+    assert "inc_backend_demo" not in sys.modules
+
+
+def test_a_plugins_config_backend_and_device_are_accepted_once_installed(demo):
+    for make in (PostTrainingQuantConfig, QuantizationAwareTrainingConfig):
+        conf = make(backend="demo_accel", device="fpga")
+        assert (conf.backend, conf.device) == ("demo_accel", "fpga")
+    assert registry.config_devices()["demo_accel"] == ("cpu", "fpga")
+    assert registry.config_devices()["ipex"] == ("cpu", "xpu")  # inc's own stay
+
+
+def test_without_the_plugin_its_names_are_not_allowed():
+    registry.reset()
+    with pytest.raises(
+        ConfigError, match=r"backend='demo_accel' is not allowed; allowed: 'default'"
+    ):
+        PostTrainingQuantConfig(backend="demo_accel", device="fpga")
+    with pytest.raises(ConfigError, match=r"device='fpga' is not allowed; allowed: 'cpu', 'gpu'"):
+        PostTrainingQuantConfig(device="fpga")
+
+
+@pytest.mark.parametrize(
+    ("values", "parts"),
+    [
+        (
+            {"backend": "demo_acel"},
+            ["backend='demo_acel'", "'demo_accel'", "'ipex'", "did you mean"],
+        ),
+        ({"device": "tpu"}, ["device='tpu'", "'fpga'", "'xpu'"]),
+        (
+            {"backend": "demo_accel", "device": "gpu"},
+            ["device='gpu' is not supported by backend='demo_accel'; allowed: 'cpu', 'fpga'"],
+        ),
+        ({"backend": "default", "device": "fpga"}, ["backend='default'", "allowed: 'cpu'"]),
+    ],
+)
+def test_errors_list_the_plugins_names_among_the_allowed(demo, values, parts):
+    with pytest.raises(ConfigError) as exc:
+        PostTrainingQuantConfig(**values)
+    for part in parts:
+        assert part in str(exc.value)
+
+
+def test_fit_and_load_use_the_plugin_by_its_own_names(demo, tmp_path):
+    model = demo_net(demo)
+    conf = PostTrainingQuantConfig(approach="static", backend="demo_accel", device="fpga")
+    q = quantization.fit(model, conf, calib_dataloader=demo_batches())
+    assert q.backend == "demo"
+    assert q.model.ran_on == ("demo_accel", "fpga")  # check_config saw the plugin's names
+    assert set(q.plan.quantized_ops()) == {"dense0", "dense1"}
+    x = demo_batches()[0]
+    assert np.abs(q.model(x) - model(x)).max() < 0.1 * np.abs(model(x)).max()
+    q.save(tmp_path / "out")
+    back = inc_core.load(tmp_path / "out")
+    assert back.backend == "demo" and back.model.ran_on == ("demo_accel", "fpga")
+    np.testing.assert_allclose(back.model(x), q.model(x))
+
+
+def test_the_plugins_framework_is_a_metric_framework(demo):
+    assert METRICS("demo").framework == "demo"
+    assert registry.frameworks()["keras"] == "tensorflow"
+
+
+def test_a_framework_no_plugin_names_is_not_allowed():
+    registry.reset()
+    with pytest.raises(ConfigError, match=r"framework='demo' is not allowed; allowed: 'onnxrt'"):
+        METRICS("demo")
+
+
+def test_the_plugins_package_and_hints_come_from_its_class(demo):
+    assert registry.backend_packages()["demo"] == "inc-backend-demo"
+    assert registry.backend_packages()["pytorch"] == "inc-torch"  # inc's own, not installed here
+    assert registry.install_hint("nets/tiny.DEMO.json") == "inc-backend-demo"
+    assert registry.install_hint(demo_net(demo)) == "inc-backend-demo"
+    assert registry.install_hint("resnet50.onnx") == "inc-ort"
+
+
+def test_a_path_is_hinted_by_its_ending_not_its_start():
+    # "torch..." / "mxnet..." at the start of a file name says nothing about its format
+    assert registry.install_hint("torchvision_resnet.onnx") == "inc-ort"
+    assert registry.install_hint("mxnet_export.keras") == "inc-tf"
+
+
+def test_a_device_the_chosen_backend_lacks_is_an_error_naming_its_devices(mlp, calib_loader):
+    class FpgaToo(ReferenceBackend):
+        """Another plugin runs config backend 'default' on an fpga too: the config accepts it."""
+
+        name = "fpgatoo"
+        devices = {"default": ("cpu", "fpga")}
+
+        @classmethod
+        def accepts(cls, model: Any) -> bool:
+            return False
+
+    registry.register(FpgaToo)
+    try:
+        conf = PostTrainingQuantConfig(approach="static", device="fpga")
+        with pytest.raises(ConfigError) as exc:
+            quantization.fit(mlp, conf, calib_dataloader=calib_loader)
+    finally:
+        registry.unregister("fpgatoo")
+    assert "device='fpga' is not available for numpy models with backend='default'" in str(
+        exc.value
+    )
+    assert "allowed: 'cpu'" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "parts"),
+    [
+        ({"config_backends": ("default", "mine")}, ["'mine'", "set devices = {'mine': ('cpu',)}"]),
+        (
+            {"devices": {"ipex": ("cpu",)}},
+            ["devices names config backend 'ipex'", "config_backends"],
+        ),
+        ({"devices": {"default": "cpu"}}, ["devices['default']", "tuple", "'cpu'"]),
+        ({"devices": {"default": ()}}, ["devices['default']", "non-empty"]),
+        ({"devices": [("default", ("cpu",))]}, ["devices must be a dict"]),
+        ({"model_modules": "torch"}, ["model_modules", "tuple"]),
+        ({"model_suffixes": (".x", "")}, ["model_suffixes", "non-empty"]),
+    ],
+)
+def test_verify_checks_devices_and_hints_naming_the_plugin(attrs, parts):
+    with pytest.raises(TypeError) as exc:
+        registry.register(make(**attrs))
+    assert "my_plugin.backend.BadBackend" in str(exc.value)
+    for part in parts:
+        assert part in str(exc.value)
+
+
+def _plugin_class_attributes() -> dict[str, dict[str, Any]]:
+    """Each first-party plugin's backend class attributes, read from its source with ``ast``
+    (the entry point in its pyproject names the class), so every env checks every plugin."""
+    packages = Path(__file__).parents[2] / "packages"
+    # inc-ort-gpu ships inc-ort's inc_ort: a module's source is wherever a package holds it
+    sources = {
+        ".".join(path.relative_to(src).with_suffix("").parts): path
+        for src in packages.glob("*/src")
+        for path in src.rglob("*.py")
+    }
+    found: dict[str, dict[str, Any]] = {}
+    for pyproject in sorted(packages.glob("inc-*/pyproject.toml")):
+        entry_points = tomllib.loads(pyproject.read_text())["project"].get("entry-points", {})
+        for ep_name, target in entry_points.get(registry.ENTRY_POINT_GROUP, {}).items():
+            module, cls_name = target.split(":")
+            tree = ast.parse(sources[module].read_text())
+            (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name]
+            attrs: dict[str, Any] = {}
+            for node in cls.body:
+                if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    for target_node in targets:
+                        if isinstance(target_node, ast.Name):
+                            # op_type_aliases may come from a table: not a literal
+                            with contextlib.suppress(ValueError):
+                                attrs[target_node.id] = ast.literal_eval(node.value)
+            found.setdefault(ep_name, attrs)
+    return found
+
+
+def test_the_first_party_list_says_what_the_plugins_classes_say():
+    plugins = _plugin_class_attributes()
+    assert set(plugins) == set(first_party.BY_NAME)
+    for name, attrs in plugins.items():
+        listed = first_party.BY_NAME[name]
+        assert attrs["name"] == name
+        assert (attrs["package"], attrs["framework"]) == (listed.package, listed.framework)
+        assert set(attrs.get("config_backends", ("default",))) == set(listed.devices), name
+        for config_backend, devices in attrs.get("devices", {}).items():
+            assert tuple(devices) == listed.devices[config_backend], name

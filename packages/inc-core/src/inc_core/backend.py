@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .config import BACKEND_DEVICES
+from . import first_party
 from .errors import BackendNotAvailable, ModelError, not_allowed
-from .metric import FRAMEWORKS
 from .scheme import CONVENTIONS
 from .space import Capability, OpInfo, QuantPlan, TensorRanges
 
@@ -60,6 +59,15 @@ class Backend(abc.ABC):
     convention: ClassVar[str]
     #: config ``backend`` values this plugin serves (the spec's backend table)
     config_backends: ClassVar[tuple[str, ...]] = ("default",)
+    #: config backend -> the devices it runs on, for the config backends that are not inc's
+    #: own or that this plugin runs on more devices (``PostTrainingQuantConfig`` accepts them
+    #: once the plugin is installed); the others run on ``inc_core.first_party``'s devices
+    devices: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    #: top-level modules of the model types this backend takes, e.g. ("torch",): a model of
+    #: such a type that ``accepts`` refused is judged by this backend's ``load_model``
+    model_modules: ClassVar[tuple[str, ...]] = ()
+    #: endings of the model file names this backend takes (lower case), e.g. (".onnx",)
+    model_suffixes: ClassVar[tuple[str, ...]] = ()
     #: generic op type names users may write in ``op_type_dict`` -> native types
     op_type_aliases: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     #: lower is asked first when several backends are installed
@@ -302,18 +310,17 @@ def _verify(backend: Any) -> None:
             f"{where}: config_backends must be a tuple of config backend values, "
             f"got {config_backends!r}"
         )
-    unknown = [b for b in config_backends if b not in BACKEND_DEVICES]
-    if unknown:
-        raise TypeError(
-            f"{where}: config_backends {unknown} are not config backend values; "
-            f"allowed: {', '.join(BACKEND_DEVICES)}"
-        )
+    _verify_devices(backend, where)
+    for attr in ("model_modules", "model_suffixes"):
+        value = getattr(backend, attr, None)
+        if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
+            raise TypeError(f"{where}: {attr} must be a tuple of non-empty strings, got {value!r}")
     if backend.convention not in CONVENTIONS:
         raise TypeError(
             f"{where}: convention {backend.convention!r} is not a scheme convention of "
             f"inc_core.scheme; allowed: {', '.join(CONVENTIONS)}"
         )
-    canonical = FRAMEWORKS.get(backend.framework, backend.framework)
+    canonical = first_party.FRAMEWORKS.get(backend.framework, backend.framework)
     if canonical != backend.framework:
         # METRICS and reports know a framework by one name; an alias would split them
         raise TypeError(
@@ -337,6 +344,51 @@ def _verify(backend: Any) -> None:
     abstract = sorted(getattr(backend, "__abstractmethods__", ()))
     if abstract:
         raise TypeError(f"{where} ({backend.name!r}) does not implement: {', '.join(abstract)}")
+
+
+def _verify_devices(backend: type[Backend], where: str) -> None:
+    """Every config backend the plugin serves runs on named devices: its own ``devices``
+    entry, or inc's table for inc's config backends."""
+    devices = getattr(backend, "devices", None)
+    if not isinstance(devices, Mapping):
+        raise TypeError(
+            f"{where}: devices must be a dict of config backend -> devices, got {devices!r}"
+        )
+    for config_backend, names in devices.items():
+        if config_backend not in backend.config_backends:
+            raise TypeError(
+                f"{where}: devices names config backend {config_backend!r}, which is not in "
+                f"config_backends {backend.config_backends!r}; add it there or drop it here"
+            )
+        if (
+            not isinstance(names, tuple)
+            or not names
+            or not all(isinstance(d, str) and d for d in names)
+        ):
+            raise TypeError(
+                f"{where}: devices[{config_backend!r}] must be a non-empty tuple of device "
+                f"names such as ('cpu',), got {names!r}"
+            )
+    unknown = [
+        b
+        for b in backend.config_backends
+        if b not in devices and b not in first_party.BACKEND_DEVICES
+    ]
+    if unknown:
+        example = ", ".join(f"{b!r}: ('cpu',)" for b in unknown)
+        raise TypeError(
+            f"{where}: config_backends {unknown} are not inc's config backend values and "
+            f"devices does not say where they run; set devices = {{{example}}} (inc's own: "
+            f"{', '.join(first_party.BACKEND_DEVICES)})"
+        )
+
+
+def served_devices(backend: type[Backend]) -> dict[str, tuple[str, ...]]:
+    """Config backend -> devices for one backend class: its ``devices``, else inc's table."""
+    return {
+        b: tuple(backend.devices.get(b) or first_party.BACKEND_DEVICES[b])
+        for b in backend.config_backends
+    }
 
 
 def _load_entry_points() -> None:
@@ -382,21 +434,64 @@ def skipped() -> dict[str, str]:
     return dict(_skipped)
 
 
-# Which plugin a user needs for a model, judged by the modules of type(model) and its bases,
-# or by a path's suffix.
-INSTALL_HINTS: tuple[tuple[Callable[[str], bool], str], ...] = (
-    (lambda m: m.startswith(("torch", "lightning", "pytorch_lightning")), "inc-torch"),
-    (lambda m: m.startswith(("keras", "tensorflow", "tf_keras")), "inc-tf"),
-    (lambda m: m.endswith((".pb", ".h5", ".keras", "saved_model")), "inc-tf"),
-    (lambda m: m.startswith(("onnx", "onnxruntime")) or m.endswith(".onnx"), "inc-ort"),
-    (lambda m: m.startswith("mxnet") or m.endswith(("-symbol.json", ".params")), "inc-mxnet"),
-)
-BACKEND_PACKAGES = {
-    "onnxrt": "inc-ort",
-    "pytorch": "inc-torch",
-    "tensorflow": "inc-tf",
-    "mxnet": "inc-mxnet",
-}
+def _by_priority() -> list[type[Backend]]:
+    return sorted(available().values(), key=lambda b: (b.priority, b.name))
+
+
+def config_devices() -> dict[str, tuple[str, ...]]:
+    """Config backend -> devices: inc's own table joined with every installed backend's.
+
+    Loads the plugins; ``PostTrainingQuantConfig`` asks only for a backend or device name
+    that is not inc's own.
+    """
+    table = dict(first_party.BACKEND_DEVICES)
+    for backend in _by_priority():
+        for config_backend, devices in served_devices(backend).items():
+            known = table.get(config_backend, ())
+            table[config_backend] = known + tuple(d for d in devices if d not in known)
+    return table
+
+
+def frameworks() -> dict[str, str]:
+    """Framework name or INC alias -> framework: inc's own joined with the installed backends'."""
+    names = dict(first_party.FRAMEWORKS)
+    for backend in _by_priority():
+        names.setdefault(backend.framework, backend.framework)
+    return names
+
+
+def backend_packages() -> dict[str, str]:
+    """Backend name -> the distribution to install: inc's own plugins, then the installed ones
+    (their ``package``; for one that failed to load, the distribution of its entry point)."""
+    packages = {plugin.name: plugin.package for plugin in first_party.FIRST_PARTY}
+    for name, backend in available().items():
+        packages[name] = backend.package
+    for name in _skipped:
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
+            dist = getattr(ep, "dist", None)
+            if dist is not None and name not in packages:
+                packages[name] = dist.metadata["Name"]
+    return packages
+
+
+def _hints() -> list[tuple[tuple[str, ...], tuple[str, ...], str]]:
+    """(model modules, model file endings, package) per backend: the installed backends by
+    priority (a first-party class that does not say falls back on inc's list), then inc's
+    plugins that are not installed."""
+    hints = []
+    installed = _by_priority()
+    for backend in installed:
+        known = first_party.BY_NAME.get(backend.name)
+        modules = backend.model_modules or (known.model_modules if known else ())
+        suffixes = backend.model_suffixes or (known.model_suffixes if known else ())
+        hints.append((modules, suffixes, backend.package))
+    names = {backend.name for backend in installed}
+    hints += [
+        (plugin.model_modules, plugin.model_suffixes, plugin.package)
+        for plugin in first_party.FIRST_PARTY
+        if plugin.name not in names
+    ]
+    return hints
 
 
 def by_name(name: str) -> Backend:
@@ -408,32 +503,42 @@ def by_name(name: str) -> Backend:
         raise BackendNotAvailable(
             f"backend {name!r} is installed but failed to load: {_skipped[name]}"
         ) from _skipped_errors.get(name)
-    if name in BACKEND_PACKAGES:
+    if name in first_party.BY_NAME:
+        package = first_party.BY_NAME[name].package
         raise BackendNotAvailable(
-            f"backend {name!r} is not installed. Install it with: pip install {BACKEND_PACKAGES[name]}"
+            f"backend {name!r} is not installed. Install it with: pip install {package}"
         )
-    raise not_allowed("backend name", name, sorted(set(backends) | set(BACKEND_PACKAGES)))
+    raise not_allowed("backend name", name, sorted(set(backends) | set(first_party.BY_NAME)))
 
 
 def install_hint(model: Any) -> str | None:
-    """The plugin distribution that would handle ``model``, or None when we cannot tell."""
+    """The plugin distribution that would handle ``model``, or None when we cannot tell.
+
+    Judged by the modules of ``type(model)`` and its bases, or by a path's ending.
+    """
     if isinstance(model, (str, Path)):
         path = Path(model)
-        candidates = [str(model).lower().rstrip("/\\")]
+        names = [str(model).lower().rstrip("/\\")]
         if path.is_dir() and (path / "saved_model.pb").is_file():
-            candidates.append("saved_model")
-    else:
-        candidates = [cls.__module__.lower() for cls in type(model).__mro__]
-    for candidate in candidates:
-        for test, package in INSTALL_HINTS:
-            if test(candidate):
+            names.append("saved_model")
+        hints = [(suffixes, package) for _, suffixes, package in _hints()]
+        for name in names:
+            for suffixes, package in hints:
+                if suffixes and name.endswith(suffixes):
+                    return package
+        return None
+    by_module = [(modules, package) for modules, _, package in _hints()]
+    for cls in type(model).__mro__:
+        module = cls.__module__.lower()
+        for modules, package in by_module:
+            if modules and module.startswith(modules):
                 return package
     return None
 
 
 def for_model(model: Any) -> Backend:
     """The first installed backend (by priority) that accepts ``model``."""
-    backends = sorted(available().values(), key=lambda b: (b.priority, b.name))
+    backends = _by_priority()
     for backend in backends:
         try:
             accepted = backend.accepts(model)

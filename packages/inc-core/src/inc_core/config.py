@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from . import backend as registry
+from . import first_party
 from .errors import ConfigError, closest, not_allowed
 from .scheme import GRANULARITIES, SCHEMES
 from .space import ALGORITHMS, ALL_DTYPES
@@ -43,17 +45,11 @@ UNSUPPORTED_STRATEGIES = {
 OBJECTIVES = ("performance", "accuracy", "modelsize", "footprint")
 GRAPH_OPTIMIZATION_LEVELS = ("DISABLE_ALL", "ENABLE_BASIC", "ENABLE_EXTENDED", "ENABLE_ALL")
 
-# The spec's "Specify Quantization Backend and Device" table: backend value -> devices.
-BACKEND_DEVICES: dict[str, tuple[str, ...]] = {
-    "default": ("cpu",),
-    "ipex": ("cpu", "xpu"),
-    "itex": ("cpu", "gpu"),
-    "onnxrt_trt_ep": ("gpu",),
-    "onnxrt_cuda_ep": ("gpu",),
-    "onnxrt_dnnl_ep": ("cpu",),
-    "onnxrt_dml_ep": ("npu",),
-}
-DEVICES = ("cpu", "gpu", "xpu", "npu")
+#: The spec's "Specify Quantization Backend and Device" table (backend value -> devices) for
+#: inc's own plugins, installed or not; an installed plugin adds its own config backends and
+#: devices (``Backend.devices``), read only for a name this table lacks.
+BACKEND_DEVICES: dict[str, tuple[str, ...]] = first_party.BACKEND_DEVICES
+DEVICES: tuple[str, ...] = first_party.DEVICES
 
 RULE_TENSORS = ("activation", "weight")
 RULE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -90,6 +86,21 @@ OpRules = dict[str, dict[str, dict[str, tuple[str, ...]]]]
 def _check_choice(key: str, value: Any, allowed: Sequence[Any]) -> None:
     if value not in allowed:
         raise not_allowed(key, value, allowed)
+
+
+def _check_backend_device(backend: Any, device: Any) -> None:
+    """``backend`` and ``device`` against inc's own table; a pair it lacks is looked up in the
+    installed plugins' tables (loading them), so configuring scans no plugin in the usual case."""
+    table = BACKEND_DEVICES
+    if not isinstance(backend, str) or device not in table.get(backend, ()):
+        table = registry.config_devices()
+    _check_choice("backend", backend, tuple(table))
+    _check_choice("device", device, tuple(dict.fromkeys(d for ds in table.values() for d in ds)))
+    if device not in table[backend]:
+        allowed = ", ".join(repr(d) for d in table[backend])
+        raise ConfigError(
+            f"device={device!r} is not supported by backend={backend!r}; allowed: {allowed}"
+        )
 
 
 def _check_type(key: str, value: Any, types: type | tuple[type, ...], described: str) -> None:
@@ -336,13 +347,7 @@ class _QuantConfig:
     tuning_criterion: TuningCriterion = field(default_factory=TuningCriterion)
 
     def __post_init__(self) -> None:
-        _check_choice("backend", self.backend, tuple(BACKEND_DEVICES))
-        _check_choice("device", self.device, DEVICES)
-        if self.device not in BACKEND_DEVICES[self.backend]:
-            allowed = ", ".join(repr(d) for d in BACKEND_DEVICES[self.backend])
-            raise ConfigError(
-                f"device={self.device!r} is not supported by backend={self.backend!r}; allowed: {allowed}"
-            )
+        _check_backend_device(self.backend, self.device)
         for key in ("inputs", "outputs"):
             value = getattr(self, key)
             _check_type(key, value, (list, tuple), "a list of tensor names")

@@ -36,25 +36,13 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
+from . import backend as registry
+from . import first_party
 from .errors import ConfigError, DataError, not_allowed
 
-# INC's framework names (backend spellings included) -> the framework; all share the numpy metrics.
-FRAMEWORKS: dict[str, str] = {
-    "onnxrt": "onnxrt",
-    "onnxruntime": "onnxrt",
-    "onnxrt_qlinearops": "onnxrt",
-    "onnxrt_integerops": "onnxrt",
-    "onnxrt_qdq": "onnxrt",
-    "onnxrt_qoperator": "onnxrt",
-    "pytorch": "pytorch",
-    "pytorch_fx": "pytorch",
-    "pytorch_ipex": "pytorch",
-    "ipex": "pytorch",
-    "tensorflow": "tensorflow",
-    "tensorflow_itex": "tensorflow",
-    "keras": "tensorflow",
-    "mxnet": "mxnet",
-}
+#: INC's framework names (backend spellings included) -> the framework, for inc's own plugins;
+#: all share the numpy metrics. An installed plugin's ``Backend.framework`` is taken too.
+FRAMEWORKS: dict[str, str] = first_party.FRAMEWORKS
 
 
 @runtime_checkable
@@ -392,10 +380,13 @@ class METRICS(dict[str, type]):  # INC spells it METRICS("pytorch")["topk"]()
     """The metric classes for ``framework``: ``METRICS("onnxrt")["topk"](k=5)``."""
 
     def __init__(self, framework: str) -> None:
-        if framework not in FRAMEWORKS:
-            raise not_allowed("framework", framework, FRAMEWORKS)
+        known = FRAMEWORKS
+        if isinstance(framework, str) and framework not in known:
+            known = registry.frameworks()  # a plugin's own framework: load the plugins
+        if not isinstance(framework, str) or framework not in known:
+            raise not_allowed("framework", framework, known)
         super().__init__(BUILTIN)
-        self.framework = FRAMEWORKS[framework]
+        self.framework = known[framework]
 
     @property
     def metrics(self) -> dict[str, type]:

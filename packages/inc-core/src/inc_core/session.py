@@ -38,6 +38,14 @@ def select_backend(model: Any, conf: Any) -> Backend:
         raise ConfigError(
             f"backend={conf.backend!r} is not available for {backend.framework} models; allowed: {allowed}"
         )
+    # the config accepted a device some installed plugin runs conf.backend on; is it this one?
+    devices = registry.served_devices(type(backend))[conf.backend]
+    if conf.device not in devices:
+        allowed = ", ".join(repr(d) for d in devices)
+        raise ConfigError(
+            f"device={conf.device!r} is not available for {backend.framework} models with "
+            f"backend={conf.backend!r}; allowed: {allowed}"
+        )
     backend.check_config(conf)
     return backend
 
@@ -123,7 +131,7 @@ def _raise_true_cause(model: Any, exc: ModelError) -> NoReturn:
 
 def _packages_of(entry_point: str) -> set[str]:
     """Distribution names (normalised) that may own the backend entry point ``entry_point``."""
-    names = {registry.BACKEND_PACKAGES.get(entry_point, "")}
+    names = {registry.backend_packages().get(entry_point, "")}
     for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP, name=entry_point):
         dist = getattr(ep, "dist", None)
         if dist is not None:
