@@ -22,13 +22,15 @@ from .errors import ConfigError, closest, not_allowed
 from .scheme import GRANULARITIES, SCHEMES
 from .space import ALGORITHMS, ALL_DTYPES
 from .strategy import registry as strategy_registry
+from .weight_only import options as woq
 
-APPROACHES = ("auto", "static", "dynamic")
+APPROACHES = ("auto", "static", "dynamic", "weight_only")
 # INC 2.x also accepts its internal approach names; they mean the short ones.
 APPROACH_ALIASES = {
     "post_training_static_quant": "static",
     "post_training_dynamic_quant": "dynamic",
     "post_training_auto_quant": "auto",
+    "post_training_weight_only": "weight_only",
 }
 QUANT_FORMATS = ("default", "QDQ", "QOperator")
 DOMAINS = ("auto", "cv", "object_detection", "nlp", "recommendation_system")
@@ -75,6 +77,18 @@ RECIPES = (
     *_BOOL_RECIPES,
     "smooth_quant_args",
     "graph_optimization_level",
+    "optypes_to_exclude_output_quant",
+    *woq.RECIPE_ARGS,
+    *woq.UNIMPLEMENTED_RECIPES,
+)
+# recipes about activation quantization: meaningless when only weights are quantized
+_ACTIVATION_RECIPES = (
+    "smooth_quant",
+    "smooth_quant_args",
+    "fast_bias_correction",
+    "weight_correction",
+    "add_qdq_pair_to_weight",
+    "dedicated_qdq_pair",
     "optypes_to_exclude_output_quant",
 )
 SMOOTH_QUANT_ARGS = ("alpha", "folding", "op_types", "scale_sharing", "auto_alpha_args")
@@ -133,7 +147,11 @@ def _strict_init(cls: type) -> type:
     return cls
 
 
-def _normalize_rules(which: str, rules: Mapping[str, Any] | None, regex_keys: bool) -> OpRules:
+def _normalize_rules(
+    which: str, rules: Mapping[str, Any] | None, regex_keys: bool, weight_only: bool = False
+) -> OpRules:
+    if weight_only:
+        return _normalize_weight_only_rules(which, rules)
     if rules is None:
         return {}
     _check_type(which, rules, Mapping, "a dict of op -> {'activation': {...}, 'weight': {...}}")
@@ -180,13 +198,30 @@ def _normalize_rules(which: str, rules: Mapping[str, Any] | None, regex_keys: bo
     return normalized
 
 
-def _check_recipes(recipes: Mapping[str, Any] | None) -> dict[str, Any]:
+def _check_recipes(recipes: Mapping[str, Any] | None, approach: str = "auto") -> dict[str, Any]:
     if recipes is None:
         return {}
     _check_type("recipes", recipes, Mapping, "a dict")
     for name, value in recipes.items():
         _check_choice("recipes key", name, RECIPES)
         key = f"recipes[{name!r}]"
+        if name in woq.UNIMPLEMENTED_RECIPES:
+            raise ConfigError(
+                f"{key}: {woq.UNIMPLEMENTED_RECIPES[name]}; weight-only recipes inc has: "
+                f"{', '.join(woq.RECIPE_ARGS)}"
+            )
+        if name in woq.RECIPE_ARGS and approach != "weight_only":
+            raise ConfigError(
+                f"{key} applies to approach='weight_only' only (approach={approach!r} would "
+                "ignore it); set approach='weight_only' or remove it"
+            )
+        if name in _ACTIVATION_RECIPES and approach == "weight_only":
+            raise ConfigError(
+                f"{key} concerns activation quantization, which approach='weight_only' does "
+                f"not do; remove it (weight-only recipes: {', '.join(woq.RECIPE_ARGS)})"
+            )
+        if name in woq.RECIPE_ARGS:
+            continue  # checked and normalised below
         if name in _BOOL_RECIPES:
             _check_type(key, value, bool, "True or False")
         elif name == "graph_optimization_level":
@@ -202,7 +237,11 @@ def _check_recipes(recipes: Mapping[str, Any] | None) -> dict[str, Any]:
                 if arg == "alpha":
                     _check_alpha(f"{key}['alpha']", arg_value)
     # A private, JSON-shaped copy: the user's dicts are not shared and to_dict round-trips.
-    return _json_shaped(recipes)
+    checked = _json_shaped(recipes)
+    for name in woq.RECIPE_ARGS:
+        if name in checked:
+            checked[name] = _weight_only_args(name, recipes[name])
+    return checked
 
 
 def _check_alpha(key: str, alpha: Any) -> None:
@@ -213,6 +252,130 @@ def _check_alpha(key: str, alpha: Any) -> None:
         _check_type(key, value, (int, float), "a float in [0, 1], a list of them, or 'auto'")
         if not 0.0 <= float(value) <= 1.0:  # also rejects NaN
             raise ConfigError(f"{key}={value!r} is outside [0, 1]")
+
+
+# -- weight-only (approach="weight_only"): INC 2.x's weight rules and recipe arguments --------
+
+
+def _normalize_weight_only_rules(which: str, rules: Mapping[str, Any] | None) -> OpRules:
+    """``{pattern: {"weight": {field: values}}}`` with each field's values as a tuple."""
+    if rules is None:
+        return {}
+    _check_type(which, rules, Mapping, "a dict of op -> {'weight': {'bits': 4, ...}}")
+    normalized: OpRules = {}
+    for op_key, tensors in rules.items():
+        where = f"{which}[{op_key!r}]"
+        _check_type(f"{which} key", op_key, str, "a string")
+        try:
+            re.compile(op_key)
+        except re.error as exc:
+            raise ConfigError(
+                f"{where}: {op_key!r} is not a valid regular expression ({exc}); with "
+                "approach='weight_only' keys are full-match patterns such as '.*'"
+            ) from exc
+        _check_type(where, tensors, Mapping, "a dict with the key 'weight'")
+        normalized[op_key] = {}
+        for tensor, fields in tensors.items():
+            if tensor == "activation":
+                raise ConfigError(
+                    f"{where}['activation']: approach='weight_only' quantizes weights only "
+                    "(activations stay in float); allowed tensor: 'weight'"
+                )
+            _check_choice(f"{where} tensor", tensor, ("weight",))
+            _check_type(
+                f"{where}['weight']", fields, Mapping, "a dict of " + "/".join(woq.RULE_DEFAULTS)
+            )
+            normalized[op_key][tensor] = {
+                name: _weight_only_values(f"{where}['weight'][{name!r}]", name, values)
+                for name, values in fields.items()
+            }
+    return normalized
+
+
+def _weight_only_values(key: str, name: Any, values: Any) -> tuple[Any, ...]:
+    """One weight-rule field's values (a value or a list of them to tune over), checked."""
+    _check_choice(f"{key.rsplit('[', 1)[0]} key", name, tuple(woq.RULE_DEFAULTS))
+    listed = list(values) if isinstance(values, (list, tuple)) else [values]
+    if not listed:
+        raise ConfigError(f"{key} is empty; give a value or a list of values")
+    checked = [_weight_only_value(key, name, value) for value in listed]
+    return tuple(dict.fromkeys(checked))
+
+
+def _weight_only_value(key: str, name: str, value: Any) -> Any:
+    if name == "bits":
+        if isinstance(value, bool) or value not in woq.BITS:
+            raise ConfigError(
+                f"{key}={value!r} is not allowed; allowed: integers {woq.BITS[0]} to "
+                f"{woq.BITS[-1]} (4 and 8 are the fast kernel paths)"
+            )
+        return int(value)
+    if name == "group_size":
+        _check_type(key, value, int, "-1 (per output channel) or a positive integer")
+        if value != -1 and value < 1:
+            raise ConfigError(
+                f"{key}={value!r} is not allowed; allowed: -1 (one group per output channel) "
+                "or a positive integer such as 32, 64, 128"
+            )
+        return value
+    _check_type(key, value, str, "a string")
+    if name == "algorithm":
+        value = value.upper()
+        if value in woq.UNIMPLEMENTED_ALGORITHMS:
+            raise ConfigError(
+                f"{key}={value!r} is not implemented in inc: {woq.UNIMPLEMENTED_ALGORITHMS[value]}; "
+                f"allowed: {', '.join(map(repr, woq.ALGORITHMS))}"
+            )
+        _check_choice(key, value, woq.ALGORITHMS)
+    elif name == "dtype":
+        value = value.lower()
+        if value in woq.UNIMPLEMENTED_DTYPES:
+            raise ConfigError(
+                f"{key}={value!r} is not implemented in inc ({woq.UNIMPLEMENTED_DTYPES[value]}); "
+                f"allowed: {', '.join(map(repr, woq.DTYPES))}"
+            )
+        if re.fullmatch(r"u?int\d+", value):
+            raise ConfigError(
+                f"{key}={value!r}: weight-only rules give the width in 'bits'; use "
+                f"{{'dtype': 'int', 'bits': {value.lstrip('uint') or 4}}} (allowed dtypes: "
+                f"{', '.join(map(repr, woq.DTYPES))})"
+            )
+        _check_choice(key, value, woq.DTYPES)
+    else:
+        _check_choice(key, value, woq.SCHEMES)
+    return value
+
+
+def _weight_only_args(recipe: str, args: Any) -> dict[str, Any]:
+    """``gptq_args``/``awq_args``/``rtn_args`` checked, INC 2.x's alias spellings renamed."""
+    key = f"recipes[{recipe!r}]"
+    defaults = woq.RECIPE_ARGS[recipe]
+    aliases = woq.ARG_ALIASES.get(recipe, {})
+    _check_type(key, args, Mapping, "a dict such as " + repr(dict(list(defaults.items())[:2])))
+    checked: dict[str, Any] = {}
+    for raw_name, value in args.items():
+        _check_choice(f"{key} key", raw_name, (*defaults, *aliases))
+        name = aliases.get(raw_name, raw_name)
+        if name in checked:
+            raise ConfigError(
+                f"{key} gives {name!r} twice (as {name!r} and its INC 2.x alias); keep one"
+            )
+        arg_key = f"{key}[{raw_name!r}]"
+        default = defaults[name]
+        if isinstance(default, bool):
+            _check_type(arg_key, value, bool, "True or False")
+        elif isinstance(default, int):
+            _check_type(arg_key, value, int, "a positive integer")
+            if value < 1:
+                raise ConfigError(f"{arg_key}={value!r} must be a positive integer")
+        else:  # percdamp
+            _check_type(arg_key, value, (int, float), "a number in (0, 1]")
+            if not 0.0 < float(value) <= 1.0:  # also rejects NaN
+                raise ConfigError(
+                    f"{arg_key}={value!r} is outside (0, 1]; INC's default is {default}"
+                )
+        checked[name] = value
+    return checked
 
 
 @_strict_init
@@ -372,11 +535,21 @@ class _QuantConfig:
         object.__setattr__(self, "excluded_precisions", tuple(self.excluded_precisions))
         if isinstance(self.quant_level, bool) or self.quant_level not in QUANT_LEVELS:
             raise not_allowed("quant_level", self.quant_level, QUANT_LEVELS)
-        object.__setattr__(
-            self, "op_type_dict", _normalize_rules("op_type_dict", self.op_type_dict, False)
+        # weight-only rules have their own fields (bits, group_size, ...), and their
+        # op_type_dict keys are patterns as in INC 2.x ({".*": {"weight": {...}}})
+        approach = getattr(self, "approach", None)
+        weight_only = isinstance(approach, str) and (
+            APPROACH_ALIASES.get(approach, approach) == "weight_only"
         )
         object.__setattr__(
-            self, "op_name_dict", _normalize_rules("op_name_dict", self.op_name_dict, True)
+            self,
+            "op_type_dict",
+            _normalize_rules("op_type_dict", self.op_type_dict, weight_only, weight_only),
+        )
+        object.__setattr__(
+            self,
+            "op_name_dict",
+            _normalize_rules("op_name_dict", self.op_name_dict, True, weight_only),
         )
         _check_type(
             "accuracy_criterion", self.accuracy_criterion, AccuracyCriterion, "an AccuracyCriterion"
@@ -470,7 +643,7 @@ class PostTrainingQuantConfig(_QuantConfig):
             object.__setattr__(self, "approach", APPROACH_ALIASES[self.approach])
         _check_choice("approach", self.approach, APPROACHES)
         _check_choice("domain", self.domain, DOMAINS)
-        object.__setattr__(self, "recipes", _check_recipes(self.recipes))
+        object.__setattr__(self, "recipes", _check_recipes(self.recipes, self.approach))
         sizes: Any = self.calibration_sampling_size
         listed = [sizes] if isinstance(sizes, int) and not isinstance(sizes, bool) else sizes
         _check_type(

@@ -22,6 +22,7 @@ from .errors import BackendNotAvailable, ConfigError, DataError, IncError, Model
 from .model import QuantizedModel
 from .rules import build_space, default_plan
 from .space import OpSpace, QuantPlan, TensorRanges
+from .weight_only import support as weight_only
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +267,7 @@ def prepare_session(
     ``inc_core.data.split_calibration``).
     """
     backend = select_backend(model, conf)
+    weight_only.check_backend(backend, conf, calib_dataloader is not None or calib_func is not None)
     native = backend.load_model(model, conf)
     ops = backend.ops(native)
     if not ops:
