@@ -192,3 +192,29 @@ def test_support_check_names_backends_that_have_it_and_calibration_needs() -> No
     support.check_backend(ready, gptq, has_calibration=True)
     support.check_backend(ReferenceBackend(), PostTrainingQuantConfig(), has_calibration=False)
     assert support.rule_algorithms(PostTrainingQuantConfig(approach="weight_only")) == {"RTN"}
+
+
+def test_op_choices_merge_type_rules_then_name_rules() -> None:
+    from inc_core.weight_only.plan import WeightOnlyScheme, op_choices
+
+    conf = woq(
+        op_type_dict={
+            ".*": {"weight": {"bits": 4, "group_size": 32, "algorithm": "GPTQ"}},
+            "Gather": {"weight": {"dtype": "fp32"}},
+        },
+        op_name_dict={
+            ".*lm_head": {"weight": {"dtype": "fp32"}},
+            "layer0.fc1": {"weight": {"bits": [8, 4], "dtype": ["int", "fp32"]}},
+        },
+    )
+    assert op_choices(conf, "layer1.fc1", "MatMul") == [WeightOnlyScheme(4, 32, "sym", "GPTQ")]
+    assert op_choices(conf, "model.lm_head", "MatMul") == [None]
+    assert op_choices(conf, "embed", "Gather") == [None]
+    assert op_choices(conf, "layer0.fc1", "MatMul") == [
+        WeightOnlyScheme(8, 32, "sym", "GPTQ"),
+        WeightOnlyScheme(4, 32, "sym", "GPTQ"),
+        None,
+    ]
+    # no rule at all: INC's defaults
+    bare = PostTrainingQuantConfig(approach="weight_only")
+    assert op_choices(bare, "fc", "MatMul") == [WeightOnlyScheme(4, 32, "sym", "RTN")]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from .awq import AwqResult, AwqScale, awq, search_clip, search_scale
 from .gptq import HessianAccumulator, gptq, hessian
 from .groupwise import QuantizedWeight, dequantize, fake_quantize, quantize
+from .plan import WeightOnlyScheme, op_choices
 from .rtn import rtn
 
 __all__ = [
@@ -22,11 +23,13 @@ __all__ = [
     "AwqScale",
     "HessianAccumulator",
     "QuantizedWeight",
+    "WeightOnlyScheme",
     "awq",
     "dequantize",
     "fake_quantize",
     "gptq",
     "hessian",
+    "op_choices",
     "quantize",
     "rtn",
     "search_clip",
