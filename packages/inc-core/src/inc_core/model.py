@@ -92,6 +92,7 @@ class QuantizedModel:
                 raise ModelError(
                     f"backend {self.backend!r} reported files it did not write: {missing}"
                 )
+            files = {name: _sha256(staging / name) for name in _files_under(staging)}
             manifest = {
                 "format_version": FORMAT_VERSION,
                 "backend": self.backend,
@@ -100,7 +101,7 @@ class QuantizedModel:
                     backend.package: _version(backend.package),
                     **backend.versions(),
                 },
-                "files": {name: _sha256(staging / name) for name in _files_under(staging)},
+                "files": files,
                 "plan": self.plan.to_dict(),
                 "op_report": self.op_report(),
                 "config": dict(self.config),
@@ -109,10 +110,10 @@ class QuantizedModel:
             # report.html (tables; charts with inc-core[report]) reads the manifest as JSON
             # holds it; it is listed in files like the model, so load() checks it and a later
             # save over this directory knows it as inc's
-            manifest["sizes"] = report_page.model_sizes(staging, manifest["files"], self.sources)
+            manifest["sizes"] = report_page.model_sizes(staging, files, self.sources)
             text = json.dumps(manifest, indent=2, default=_json_default)
             page = report_page.write_html(staging, json.loads(text))
-            manifest["files"][page] = _sha256(staging / page)
+            files[page] = _sha256(staging / page)
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
             _replace_dir(staging, target)
         except BaseException:
