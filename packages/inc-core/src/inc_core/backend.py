@@ -74,6 +74,8 @@ class Backend(abc.ABC):
     priority: ClassVar[int] = 100
     #: whether ``prepare_qat``/``convert_qat`` are implemented (quantization-aware training)
     supports_qat: ClassVar[bool] = False
+    #: whether ``approach="weight_only"`` (int2-8 weights, fp activations) is implemented
+    supports_weight_only: ClassVar[bool] = False
 
     @classmethod
     @abc.abstractmethod
@@ -329,8 +331,9 @@ def _verify(backend: Any) -> None:
         )
     if not isinstance(backend.priority, int) or isinstance(backend.priority, bool):
         raise TypeError(f"{where}: priority must be an int, got {backend.priority!r}")
-    if not isinstance(backend.supports_qat, bool):
-        raise TypeError(f"{where}: supports_qat must be a bool, got {backend.supports_qat!r}")
+    for flag in ("supports_qat", "supports_weight_only"):
+        if not isinstance(getattr(backend, flag), bool):
+            raise TypeError(f"{where}: {flag} must be a bool, got {getattr(backend, flag)!r}")
     missing = [
         hook
         for hook in ("prepare_qat", "convert_qat")

@@ -26,13 +26,11 @@ def check_backend(backend: Any, conf: Any, has_calibration: bool) -> None:
     when GPTQ/AWQ is asked for without calibration data. No-op for other approaches."""
     if getattr(conf, "approach", None) != "weight_only":
         return
-    if not getattr(backend, "supports_weight_only", False):
+    if not backend.supports_weight_only:
         from .. import backend as registry  # the registry loads plugins: only when needed
 
         ready = sorted(
-            name
-            for name, cls in registry.available().items()
-            if getattr(cls, "supports_weight_only", False)
+            name for name, cls in registry.available().items() if cls.supports_weight_only
         )
         where = (
             f"installed backends that support it: {', '.join(ready)}"
