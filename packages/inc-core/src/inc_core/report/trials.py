@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # model.py imports this package to write report.html; history imports model
-    from ..strategy.history import Baseline, Trial
+    from ..history import Baseline
+    from ..trial import Trial
 
 _COLUMNS = (
     ("trial", ">5"),
