@@ -1,14 +1,22 @@
-"""``OrtBackend``: the inc plugin contract for ONNX Runtime models (paths or ``onnx.ModelProto``)."""
+"""``OrtBackend``: the inc plugin contract for ONNX Runtime models (paths or ``onnx.ModelProto``).
+
+This module is the entry point the registry loads on every ``fit``, whatever the model's
+framework, so it imports neither onnx nor onnxruntime: the helpers below are ``Lazy`` stand-ins
+imported at their first use, and ``accepts`` judges a model by a path's suffix or its class's
+module before it touches onnx.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -24,13 +32,43 @@ from inc_core.space import (
     TensorRanges,
 )
 
-from . import cleanup, graph, kernels, model_io, planner, providers, recipes
-from ._runtime import check_supported, onnx, ort
-from .calibrate import collect_ranges, tensors_to_observe
-from .calibrate import session as exposing_session
-from .canonical import canonicalize
-from .feeds import to_feed
-from .quantizer import IncQDQQuantizer, IncQOperatorQuantizer, run
+from ._lazy import Lazy
+from .aliases import GENERIC_ALIASES
+
+if TYPE_CHECKING:
+    import onnx
+
+    from . import cleanup, graph, kernels, model_io, planner, providers, recipes
+    from ._runtime import check_supported, ort
+    from .calibrate import collect_ranges, tensors_to_observe
+    from .calibrate import session as exposing_session
+    from .canonical import canonicalize
+    from .feeds import to_feed
+    from .quantizer import IncQDQQuantizer, IncQOperatorQuantizer, run
+else:
+    cleanup = Lazy("inc_ort.cleanup")
+    graph = Lazy("inc_ort.graph")
+    kernels = Lazy("inc_ort.kernels")
+    model_io = Lazy("inc_ort.model_io")
+    planner = Lazy("inc_ort.planner")
+    providers = Lazy("inc_ort.providers")
+    recipes = Lazy("inc_ort.recipes")
+    check_supported = Lazy("inc_ort._runtime", "check_supported")
+    onnx = Lazy("inc_ort._runtime", "onnx")
+    ort = Lazy("inc_ort._runtime", "ort")
+    collect_ranges = Lazy("inc_ort.calibrate", "collect_ranges")
+    tensors_to_observe = Lazy("inc_ort.calibrate", "tensors_to_observe")
+    exposing_session = Lazy("inc_ort.calibrate", "session")
+    canonicalize = Lazy("inc_ort.canonical", "canonicalize")
+    to_feed = Lazy("inc_ort.feeds", "to_feed")
+    IncQDQQuantizer = Lazy("inc_ort.quantizer", "IncQDQQuantizer")
+    IncQOperatorQuantizer = Lazy("inc_ort.quantizer", "IncQOperatorQuantizer")
+    run = Lazy("inc_ort.quantizer", "run")
+
+# Without onnx or onnxruntime the plugin still fails to load, as it did when it imported them
+# here: _runtime raises the error naming what to install (find_spec imports nothing).
+if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+    importlib.import_module("inc_ort._runtime")
 
 _ALGORITHMS = tuple(a for a in ("minmax", "kl", "percentile", "mse") if a in OBSERVERS)
 _ACTIVATION = TensorOptions(
@@ -71,7 +109,7 @@ class OrtBackend(Backend):
         "onnxrt_dnnl_ep",
         "onnxrt_dml_ep",
     )
-    op_type_aliases: ClassVar[dict[str, tuple[str, ...]]] = graph.GENERIC_ALIASES
+    op_type_aliases: ClassVar[dict[str, tuple[str, ...]]] = GENERIC_ALIASES
     priority = 50
 
     def __init__(self) -> None:

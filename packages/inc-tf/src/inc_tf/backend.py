@@ -4,20 +4,24 @@ Engine: the TFLite (LiteRT) interpreter. inc calibrates the Keras model itself (
 observers on layer inputs and outputs), writes the ranges into FakeQuant ops and lets the TFLite
 converter build the int8 graph from them; see the package README for why (measured against
 TensorFlow's oneDNN quantized kernels) and for what the TFLite scheme does differently.
+
+This module is the entry point the registry loads on every ``fit``, whatever the model's
+framework, so it imports neither TensorFlow nor Keras (3.8 s): each hook imports what it needs,
+and ``accepts`` judges a model by its class's module or a file's suffix (``loading``).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from inc_core import timing
 from inc_core.backend import Backend
@@ -40,10 +44,18 @@ from inc_core.space import (
     TensorRanges,
 )
 
-from . import convert, diagnose, fold, loading, model_io, qat
-from . import layers as kl
-from .points import patch, points, tensors
+from . import loading, model_io
+from .aliases import ALIASES
 from .runtime import IoSpec, TfLiteModel
+
+if TYPE_CHECKING:
+    import keras
+
+# Without TensorFlow or Keras the plugin still fails to load, as it did when it imported them
+# here: the registry then skips it saying which is not installed (find_spec imports nothing).
+for _framework in ("tensorflow", "keras"):
+    if importlib.util.find_spec(_framework) is None:
+        importlib.import_module(_framework)  # raises the ModuleNotFoundError the registry reports
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +80,8 @@ def recipe_floats(model: keras.Model, plan: QuantPlan) -> dict[str, OpQuant]:
     """The first/last conv-or-matmul ops the recipes keep in fp32 (INC: both default True),
     and the conv/Dense layers whose activation (softmax, sigmoid, ...) TFLite cannot fuse
     into an int8 kernel: the converter runs those in float whatever the plan says."""
+    from . import layers as kl
+
     floats = {
         layer.name: OpQuant.float()
         for layer in kl.quantizable(model)
@@ -97,7 +111,7 @@ class TfBackend(Backend):
     convention = "tensorflow"
     supports_qat = True
     config_backends = ("default", "itex")
-    op_type_aliases = kl.ALIASES
+    op_type_aliases = ALIASES
     priority = 30
 
     def effective_plan(self, model: keras.Model, plan: QuantPlan) -> QuantPlan:
@@ -112,11 +126,15 @@ class TfBackend(Backend):
         return loading.could_be_ours(model)
 
     def load_model(self, model: Any, conf: Any) -> Any:
+        from . import layers as kl
+
         model = loading.load(model)
         kl.check_graph_model(model)
         return model
 
     def ops(self, model: keras.Model) -> list[OpInfo]:
+        from . import layers as kl
+
         found = [OpInfo(layer.name, kl.layer_type(layer)) for layer in kl.quantizable(model)]
         unsupported = [
             f"{layer.name} ({kl.layer_type(layer)}{', called more than once' if kl.is_shared(layer) else ''})"
@@ -137,6 +155,8 @@ class TfBackend(Backend):
     def capability(self, approach: str, device: str) -> dict[str, OpCapability]:
         if approach != "static":
             return {}
+        from . import layers as kl
+
         # ITEX runs signed int8 activations; stock TensorFlow/oneDNN also takes uint8.
         dtypes = ("int8",) if self.config_backend == "itex" else ("int8", "uint8")
         act = _activation(dtypes)
@@ -159,6 +179,8 @@ class TfBackend(Backend):
                 "full 8 bits; leave reduce_range unset"
             )
         if conf.device == "gpu":
+            import tensorflow as tf
+
             if not tf.config.list_physical_devices("GPU"):
                 raise DeviceNotAvailable(
                     "device='gpu' was asked for, but TensorFlow sees no GPU on this machine "
@@ -173,6 +195,8 @@ class TfBackend(Backend):
 
     # -- calibration ---------------------------------------------------------------------
     def _arrays(self, model: keras.Model, batch: Any) -> list[np.ndarray]:
+        from . import layers as kl
+
         names = [kl.source(t)[0] for t in model.inputs]
         if isinstance(batch, Mapping):
             missing = [n for n in names if n not in batch]
@@ -208,6 +232,12 @@ class TfBackend(Backend):
     def calibrate(
         self, model: keras.Model, dataloader: Iterable[Any], plan: QuantPlan
     ) -> TensorRanges:
+        import keras
+        import tensorflow as tf
+
+        from . import fold
+        from .points import points, tensors
+
         copy = fold.graph_copy(model, fold_batchnorm=True)
         found = points(copy, effective_plan(copy, plan))
         wanted = tensors(copy, found)
@@ -236,10 +266,14 @@ class TfBackend(Backend):
 
     # -- quantization --------------------------------------------------------------------
     def _native(self, model: keras.Model, content: bytes, spec: IoSpec) -> TfLiteModel:
+        from . import layers as kl
+
         names = [kl.source(t)[0] for t in model.inputs]
         return TfLiteModel(content, spec, input_names=names)
 
     def quantize(self, model: keras.Model, plan: QuantPlan, ranges: TensorRanges) -> TfLiteModel:
+        from . import convert
+
         content, spec = convert.quantize(model, effective_plan(model, plan), ranges)
         return self._native(model, content, spec)
 
@@ -247,6 +281,8 @@ class TfBackend(Backend):
         self, model: keras.Model, plan: QuantPlan, ranges: TensorRanges
     ) -> TfLiteModel:
         """The int8 model of a quantization-aware-trained model (no BN folding: see fold.py)."""
+        from . import convert
+
         content, spec = convert.quantize(
             model, effective_plan(model, plan), ranges, fold_batchnorm=False
         )
@@ -255,6 +291,8 @@ class TfBackend(Backend):
     def predict(self, model: Any, inputs: Any) -> Any:
         if isinstance(model, TfLiteModel):
             return model(inputs)
+        import keras
+
         arrays = self._arrays(model, inputs)
         out = model(arrays if len(arrays) > 1 else arrays[0], training=False)
         return keras.tree.map_structure(np.asarray, out)
@@ -270,6 +308,9 @@ class TfBackend(Backend):
             def run(feed: Any) -> Any:
                 return model._run(feed)
         else:
+            import keras
+            import tensorflow as tf
+
             graph = tf.function(lambda xs: model(xs, training=False), reduce_retracing=True)
             feeds = [self._arrays(model, batch) for batch in inputs]
             feeds = [arrays if len(arrays) > 1 else arrays[0] for arrays in feeds]
@@ -280,11 +321,15 @@ class TfBackend(Backend):
         return timing.latency(run, feeds)
 
     def op_outputs(self, model: Any, inputs: Any, ops: Sequence[str]) -> dict[str, Any]:
+        from . import diagnose
+
         if isinstance(model, TfLiteModel):
             return diagnose.tflite_outputs(model, inputs, ops)
         return diagnose.keras_outputs(model, self._arrays(model, inputs), ops)
 
     def runs_as(self, model: Any) -> dict[str, str]:
+        from . import diagnose
+
         return diagnose.runs_as(model) if isinstance(model, TfLiteModel) else {}
 
     def model_size(self, model: Any) -> int:
@@ -300,6 +345,9 @@ class TfBackend(Backend):
 
     # -- quantization-aware training -----------------------------------------------------
     def prepare_qat(self, model: keras.Model, plan: QuantPlan) -> keras.Model:
+        from . import fold, qat
+        from .points import patch, points, tensors
+
         copy = fold.graph_copy(model)
         config = model.get_compile_config() if getattr(model, "compiled", False) else None
         if config:
@@ -311,6 +359,8 @@ class TfBackend(Backend):
         return copy
 
     def convert_qat(self, model: keras.Model, plan: QuantPlan) -> TfLiteModel:
+        from . import qat
+
         quantizer = qat.quantizer_of(model)
         if quantizer is None:
             raise ModelError(

@@ -1,26 +1,38 @@
-"""``TorchBackend``: the inc plugin for ``torch.nn.Module`` models."""
+"""``TorchBackend``: the inc plugin for ``torch.nn.Module`` models.
+
+This module is the entry point the registry loads on every ``fit``, whatever the model's
+framework, so it imports no torch: each hook imports what it needs (``accepts`` only for an
+object whose class comes from torch, where torch is loaded already). Importing torch here cost
+about a second before an ONNX or Keras model could be quantized.
+"""
 
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.util
 import io as _io
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
 from inc_core import timing
 from inc_core.backend import Backend
 from inc_core.errors import BackendNotAvailable, DataError, DeviceNotAvailable, ModelError
 from inc_core.space import Capability, OpInfo, QuantPlan, TensorRanges
 
-from . import _ops, build, capability, checks, diagnosis, model_io, qat, smooth_quant, static
-from ._data import as_args, call, example_args, to_numpy
-from .qconfig import ENGINES, Settings, quantized_engine
+from .aliases import OP_TYPE_ALIASES
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# Without torch the plugin still fails to load, as it did when it imported torch here: the
+# registry then skips it saying "torch is not installed" (find_spec looks, imports nothing).
+if importlib.util.find_spec("torch") is None:
+    importlib.import_module("torch")  # raises the ModuleNotFoundError the registry reports
 
 
 class TorchBackend(Backend):
@@ -29,7 +41,7 @@ class TorchBackend(Backend):
     framework = "pytorch"
     convention = "pytorch"
     config_backends = ("default", "ipex")
-    op_type_aliases: ClassVar = _ops.OP_TYPE_ALIASES
+    op_type_aliases: ClassVar = OP_TYPE_ALIASES
     priority = 10
     supports_qat = True
 
@@ -43,6 +55,8 @@ class TorchBackend(Backend):
         # __main__) is recognised without importing torch for other frameworks' models
         if not any(c.__module__.startswith("torch") for c in type(model).__mro__):
             return False
+        from torch import nn  # imported already: the model's class comes from torch
+
         return isinstance(model, nn.Module)
 
     # -- configuration -------------------------------------------------------------------------
@@ -50,6 +64,11 @@ class TorchBackend(Backend):
         # the run's state, read here only (a trial on an executor calls nothing else first):
         # the engine conf.backend picks, and the example the model is traced with (the core
         # fills conf.example_inputs with the first calibration batch when the user gave none)
+        import torch
+
+        from ._data import example_args
+        from .qconfig import ENGINES
+
         self._config_backend = conf.backend
         example = getattr(conf, "example_inputs", None)
         self._example_inputs = example_args(example) if example is not None else None
@@ -66,6 +85,12 @@ class TorchBackend(Backend):
             )
 
     def load_model(self, model: Any, conf: Any) -> nn.Module:
+        import torch
+        from torch import nn
+
+        from . import _ops, checks
+        from ._data import call
+
         if not isinstance(model, nn.Module):
             raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
         checks.check_model(model)
@@ -84,15 +109,23 @@ class TorchBackend(Backend):
         return native
 
     def ops(self, model: nn.Module) -> list[OpInfo]:
+        from . import _ops
+
         return _ops.quantizable_ops(model)
 
     def capability(self, approach: str, device: str) -> Capability:
+        from . import capability
+
         return capability.for_approach(approach, self._config_backend)
 
     # -- post-training -------------------------------------------------------------------------
     def calibrate(
         self, model: nn.Module, dataloader: Iterable[Any], plan: QuantPlan
     ) -> TensorRanges:
+        from . import smooth_quant, static
+        from ._data import example_args
+        from .qconfig import Settings, quantized_engine
+
         batches = list(dataloader)
         if not batches:
             raise DataError("calib_dataloader yielded no samples; give it at least one batch")
@@ -116,6 +149,11 @@ class TorchBackend(Backend):
     def calibrate_with_func(
         self, model: nn.Module, calib_func: Any, plan: QuantPlan
     ) -> TensorRanges:
+        import torch
+
+        from . import static
+        from .qconfig import Settings, quantized_engine
+
         settings = Settings.of(plan)
         with quantized_engine(settings.qengine):
             prepared = static.prepare(
@@ -126,6 +164,8 @@ class TorchBackend(Backend):
         return {k: o.range() for k, o in prepared.observers.items() if o.observed}
 
     def quantize(self, model: nn.Module, plan: QuantPlan, ranges: TensorRanges) -> nn.Module:
+        from . import build, smooth_quant
+
         scales, ranges = smooth_quant.from_ranges(ranges)
         return build.quantize(
             model, plan, ranges, example_inputs=self._example_inputs, smooth=scales or None
@@ -133,6 +173,11 @@ class TorchBackend(Backend):
 
     # -- running -------------------------------------------------------------------------------
     def predict(self, model: nn.Module, inputs: Any) -> np.ndarray:
+        import torch
+
+        from ._data import call, to_numpy
+        from .qconfig import quantized_engine
+
         with torch.no_grad(), quantized_engine(_qengine_of(model)):
             return to_numpy(call(model, inputs))
 
@@ -140,6 +185,11 @@ class TorchBackend(Backend):
         # inputs become tensors before timing (the same for fp32 and int8); an int8 FX model
         # traces and freezes itself per shape, and oneDNN/FBGEMM pack weights and pick kernels
         # at a shape's first call: the core's helper runs each shape once untimed first
+        import torch
+
+        from ._data import as_args
+        from .qconfig import quantized_engine
+
         batches = [as_args(batch) for batch in inputs]
         with torch.no_grad(), quantized_engine(_qengine_of(model)):
             return timing.latency(
@@ -150,31 +200,48 @@ class TorchBackend(Backend):
 
     def op_outputs(self, model: nn.Module, inputs: Any, ops: Sequence[str]) -> dict[str, Any]:
         # an fp32 model is read after the fusions of the engine its int8 models will use
+        from . import diagnosis
+        from .qconfig import ENGINES
+
         return diagnosis.op_outputs(model, inputs, ops, ENGINES[self._config_backend][0])
 
     def runs_as(self, model: nn.Module) -> dict[str, str]:
+        from . import diagnosis
+
         return diagnosis.runs_as(model)
 
     def model_size(self, model: nn.Module) -> int:
+        import torch
+
         buffer = _io.BytesIO()
         torch.save(model.state_dict(), buffer)
         return buffer.tell()
 
     # -- files ---------------------------------------------------------------------------------
     def save(self, model: nn.Module, directory: Path) -> list[str]:
+        from . import model_io
+
         return model_io.save(model, directory)
 
     def load(self, directory: Path, **kwargs: Any) -> nn.Module:
+        from . import model_io
+
         return model_io.load(directory, **kwargs)
 
     # -- quantization-aware training -----------------------------------------------------------
     def prepare_qat(self, model: nn.Module, plan: QuantPlan) -> nn.Module:
+        from . import qat
+
         return qat.prepare(model, plan, self._example_inputs)
 
     def convert_qat(self, model: nn.Module, plan: QuantPlan) -> nn.Module:
+        from . import qat
+
         return qat.convert(model, plan)
 
     def versions(self) -> dict[str, str]:
+        import torch
+
         found = {"torch": torch.__version__}
         for dist in ("inc-torch", "lightning", "transformers", "intel-extension-for-pytorch"):
             try:
@@ -185,7 +252,10 @@ class TorchBackend(Backend):
 
 
 def _qengine_of(model: nn.Module) -> str:
+    import torch
+
     from .info import info_of
+    from .qconfig import Settings
 
     info = info_of(model)
     return Settings.of(info.plan).qengine if info else torch.backends.quantized.engine
@@ -193,6 +263,8 @@ def _qengine_of(model: nn.Module) -> str:
 
 def _signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """Input shapes and dtypes (what makes a call of the same model take another path)."""
+    import torch
+
     values = list(args) + [v for _, v in sorted(kwargs.items())]
     return tuple(
         (tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else type(v).__name__
@@ -207,6 +279,10 @@ def _first_line(exc: BaseException) -> str:
 
 def _check_runs(model: nn.Module, batch: Any, what: str) -> None:
     """Run one batch through the fp32 model so a mismatch is reported as the data's fault."""
+    import torch
+
+    from ._data import call
+
     try:
         with torch.no_grad():
             call(model, batch)
