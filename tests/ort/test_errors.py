@@ -114,7 +114,8 @@ def test_torch_backend_value_is_rejected_for_onnx_models(cnn, calib):
 
 
 def test_supported_onnxruntime_range_is_pinned():
-    """The installed runtime is inside the range inc-ort declares (and pins in its extras)."""
+    """The installed runtime is inside the range inc-ort declares, and inc-ort (onnxruntime) and
+    inc-ort-gpu (onnxruntime-gpu) pin the same range."""
     import tomllib
     from pathlib import Path
 
@@ -127,11 +128,12 @@ def test_supported_onnxruntime_range_is_pinned():
     assert low <= _runtime.version_tuple(ort.__version__) < high
     onnx_low, onnx_high = _runtime.SUPPORTED_ONNX
     assert onnx_low <= _runtime.version_tuple(onnx.__version__) < onnx_high
-    pyproject = Path(__file__).parents[2] / "packages" / "inc-ort" / "pyproject.toml"
-    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    packages = Path(__file__).parents[2] / "packages"
     pin = f">={low[0]}.{low[1]},<{high[0]}.{high[1]}"
-    assert extras["cpu"] == [f"onnxruntime{pin}"]
-    assert extras["gpu"] == [f"onnxruntime-gpu{pin}"]
+    for distribution, runtime in (("inc-ort", "onnxruntime"), ("inc-ort-gpu", "onnxruntime-gpu")):
+        project = tomllib.loads((packages / distribution / "pyproject.toml").read_text())["project"]
+        assert f"{runtime}{pin}" in project["dependencies"], distribution
+        assert "gpu" not in project.get("optional-dependencies", {})  # never both runtimes
 
 
 def test_opset_below_10_is_converted_on_a_copy_and_said(cnn, calib, caplog):

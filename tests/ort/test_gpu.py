@@ -13,7 +13,7 @@ from .conftest import top1
 
 def _cuda_usable() -> str | None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return "this onnxruntime build has no CUDAExecutionProvider (pip install inc-ort[gpu])"
+        return "this onnxruntime build has no CUDAExecutionProvider (GPU users install inc-ort-gpu instead of inc-ort)"
     from inc_ort.providers import check_provider
 
     try:

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 from inc_ort import aliases, graph
 
 # ``import inc_ort.backend`` runs inc_ort/__init__.py first; this stands in a bare package for
@@ -74,11 +72,6 @@ def test_the_backend_module_imports_no_onnx():
     check_no_framework(run(BARE_PACKAGE + CHOOSE))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inc_ort/__init__.py imports .dropin and .quantizer (onnx, onnxruntime) when the "
-    "registry imports inc_ort.backend; passes once the package's names are lazy (PEP 562)",
-)
 def test_choosing_a_backend_for_other_models_imports_no_onnx():
     check_no_framework(run(CHOOSE))
 

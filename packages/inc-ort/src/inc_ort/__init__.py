@@ -3,11 +3,39 @@ with onnxruntime's signatures, and the ``inc-ort`` command line."""
 
 from __future__ import annotations
 
+import importlib
 from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
-from .backend import OrtBackend
-from .dropin import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-from .quantizer import IncQDQQuantizer, IncQOperatorQuantizer, QuantizerSpec
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports them on first use
+    from .backend import OrtBackend
+    from .dropin import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from .quantizer import IncQDQQuantizer, IncQOperatorQuantizer, QuantizerSpec
+
+# public names -> the module defining them, imported when first touched (PEP 562): they import
+# onnx and onnxruntime, which the core's backend registry (importing inc_ort.backend to ask
+# whether a torch or Keras model is ONNX's) must not pay for
+_LAZY = {
+    "OrtBackend": "backend",
+    "CalibrationMethod": "dropin",
+    "QuantFormat": "dropin",
+    "QuantType": "dropin",
+    "quantize_dynamic": "dropin",
+    "quantize_static": "dropin",
+    "IncQDQQuantizer": "quantizer",
+    "IncQOperatorQuantizer": "quantizer",
+    "QuantizerSpec": "quantizer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 def _version() -> str:

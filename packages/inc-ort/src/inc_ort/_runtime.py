@@ -21,7 +21,7 @@ except ImportError as exc:
         "inc-ort",
         "onnxruntime",
         exc,
-        extra="(or `pip install inc-ort[cpu]`; GPU users: `pip install inc-ort[gpu]` for onnxruntime-gpu)",
+        extra="(GPU users: `pip uninstall -y inc-ort && pip install inc-ort-gpu`, never both)",
     ) from exc
 
 

@@ -32,8 +32,11 @@ def check_provider(backend: str) -> None:
         raise BackendNotAvailable(
             f"backend={backend!r} needs onnxruntime's {provider}, which this onnxruntime build "
             f"({ort.__version__}, providers: {', '.join(available)}) does not have. "
-            f"Install the build that ships it: pip uninstall -y onnxruntime && pip install {package}"
-            + (" (or `pip install inc-ort[gpu]`)" if package == "onnxruntime-gpu" else "")
+            + (
+                "Install the GPU build: pip uninstall -y inc-ort onnxruntime && pip install inc-ort-gpu"
+                if package == "onnxruntime-gpu"
+                else f"Install the build that ships it: pip uninstall -y onnxruntime && pip install {package}"
+            )
         )
     if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
         _check_cuda_device(backend)
