@@ -1,9 +1,8 @@
 """The spec's generic op type names -> Keras layer classes, as plain data (no Keras).
 
 ``TfBackend.op_type_aliases`` is read from here: the registry loads the backend class for
-every ``fit`` whatever the model's framework, and must not import TensorFlow to do it.
-``layers.ALIASES`` holds the same table beside the Keras code (tests/tf/test_lazy_import.py
-checks that the two agree).
+every ``fit`` whatever the model's framework, and must not import TensorFlow to do it
+(tests/tf/test_lazy_import.py checks every name is a layer ``layers`` quantizes).
 """
 
 from __future__ import annotations

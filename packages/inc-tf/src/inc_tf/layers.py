@@ -30,17 +30,6 @@ MERGE_OPS: tuple[str, ...] = ("Add", "Concatenate")
 #: (softmax, sigmoid, ...) the kernel's own output has no range and the converter keeps it float
 FUSED_ACTIVATIONS: tuple[str, ...] = ("linear", "relu", "relu6")
 QUANTIZABLE: tuple[str, ...] = (*KERNEL_OPS, *ACTIVATION_OPS)
-#: the spec's generic op type names -> Keras layer classes
-ALIASES: dict[str, tuple[str, ...]] = {
-    "Conv": ("Conv1D", "Conv2D", "DepthwiseConv2D"),
-    "Conv1D": ("Conv1D",),
-    "Conv2D": ("Conv2D",),
-    "DepthwiseConv2dNative": ("DepthwiseConv2D",),
-    "MatMul": ("Dense",),
-    "Linear": ("Dense",),
-    "ConcatV2": ("Concatenate",),
-    "AddV2": ("Add",),
-}
 #: layers whose output values are a subset of their input values: ranges are looked through
 PASSTHROUGH: tuple[str, ...] = (
     "Flatten",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -25,17 +24,6 @@ DYNAMIC_PER_CHANNEL: tuple[str, ...] = ("Linear",)
 
 QUANTIZABLE: tuple[type[nn.Module], ...] = tuple(dict.fromkeys(STATIC_TYPES + DYNAMIC_TYPES))
 
-#: the spec's generic op type names (and ONNX/TF spellings) -> torch module type names
-OP_TYPE_ALIASES: Mapping[str, tuple[str, ...]] = {
-    "Conv": ("Conv1d", "Conv2d", "Conv3d"),
-    "Conv1D": ("Conv1d",),
-    "Conv2D": ("Conv2d",),
-    "Conv3D": ("Conv3d",),
-    "MatMul": ("Linear",),
-    "Gemm": ("Linear",),
-    "Dense": ("Linear",),
-    "RNN": ("LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell"),
-}
 
 
 #: the op name of a model that is itself one quantizable module (see ``Root``)

@@ -1,9 +1,8 @@
 """The spec's generic op type names (and ONNX/TF spellings) -> torch module type names.
 
 Plain data, no torch: ``TorchBackend.op_type_aliases`` is read from here, and the registry
-loads the backend class for every ``fit`` whatever the model's framework. ``_ops`` holds the
-same table beside the module types themselves (tests/torch/test_lazy_import.py checks that
-the two agree).
+loads the backend class for every ``fit`` whatever the model's framework
+(tests/torch/test_lazy_import.py checks every name is a module type ``_ops`` quantizes).
 """
 
 from __future__ import annotations
