@@ -25,11 +25,12 @@ pytestmark = pytest.mark.slow
 
 K = 16384  # 16384^2 float32 = 1.07 GiB per weight
 WEIGHT_BYTES = 2 * K * K * 4
-#: peak RSS growth allowed over the weights' size. Issue 13 asks ~2x; measured 3.4x static
-#: (planner.weight_overrides takes each weight as float64, 2x its size, while the quantizer's
-#: copy of the weights is alive) and 4.0x dynamic (onnxruntime's dynamic quantizer deep-copies,
-#: saves and reloads the model to infer shapes), so these bound today's behaviour until fixed
-RSS_FACTOR = {"static": 3.6, "dynamic": 4.5}
+#: peak RSS growth allowed over the weights' size: measured + 10% (issue 13 asks ~2x; measured
+#: 2.41x static, 2.22x dynamic, from 3.4x and 4.0x). What is left over 1x: the weights inc
+#: loads for the quantizer (1x), one weight read again by onnxruntime's quantizer (+0.5x: this
+#: model's two weights are 1 GiB each), and in the guards the fp32 session (1x, prepacked)
+#: beside the int8 one
+RSS_FACTOR = {"static": 2.65, "dynamic": 2.45}
 
 
 def write_big_model(folder: Path) -> Path:

@@ -354,6 +354,7 @@ def _without_build_shortcuts(monkeypatch: pytest.MonkeyPatch) -> None:
     from inc_ort import quantizer
 
     monkeypatch.setattr(quantizer, "with_inferred_shapes", lambda model: model)
+    monkeypatch.setattr(quantizer, "_in_memory_reload", nullcontext)
     monkeypatch.setattr(quantizer, "IndexedModel", ONNXModel)
     monkeypatch.setattr(quantizer, "_vectorized_weights", nullcontext)
 
@@ -369,8 +370,13 @@ def _without_build_shortcuts(monkeypatch: pytest.MonkeyPatch) -> None:
             }
         },
         {"op_type_dict": {"Conv": {"weight": {"granularity": ["per_tensor"]}}}},
+        {"approach": "dynamic"},
+        {
+            "approach": "dynamic",
+            "op_type_dict": {"Conv": {"weight": {"granularity": ["per_tensor"]}}},
+        },
     ],
-    ids=["qdq", "qoperator", "conv1-fp32", "per-tensor"],
+    ids=["qdq", "qoperator", "conv1-fp32", "per-tensor", "dynamic", "dynamic-per-tensor"],
 )
 def test_build_shortcuts_give_the_parents_bytes(cnn, calib, monkeypatch, options):
     conf = PostTrainingQuantConfig(guards=False, **options)
@@ -381,12 +387,13 @@ def test_build_shortcuts_give_the_parents_bytes(cnn, calib, monkeypatch, options
     assert hashlib.sha256(fast).hexdigest() == hashlib.sha256(slow).hexdigest()
 
 
-def test_build_shortcuts_give_the_parents_bytes_on_minilm(minilm, reviews, monkeypatch):
+@pytest.mark.parametrize("approach", ["static", "dynamic"])
+def test_build_shortcuts_give_the_parents_bytes_on_minilm(minilm, reviews, monkeypatch, approach):
     from .models import encode
 
     texts, _ = reviews
     data = [encode(texts[i : i + 16]) for i in (0, 16)]
-    conf = PostTrainingQuantConfig(guards=False)
+    conf = PostTrainingQuantConfig(guards=False, approach=approach)
     fast = quantization.fit(minilm, conf, calib_dataloader=data).model.SerializeToString()
     with monkeypatch.context() as patched:
         _without_build_shortcuts(patched)

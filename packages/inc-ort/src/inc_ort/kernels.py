@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
-from . import graph
+from . import graph, model_io
 from ._runtime import onnx, ort
 from .model_io import PROTOBUF_LIMIT
 
@@ -46,8 +46,9 @@ _SEGMENT = re.compile(r"/[^/]*$")
 
 
 def optimized_graph(model: onnx.ModelProto, providers: Sequence[str]) -> onnx.ModelProto | None:
-    """The graph onnxruntime runs for ``model`` (ENABLE_ALL), or None for models over 2 GB."""
-    if model.ByteSize() >= PROTOBUF_LIMIT:
+    """The graph onnxruntime runs for ``model`` (ENABLE_ALL), or None for models over 2 GB
+    (detached ones too: their tensors would be written to one file)."""
+    if model_io.detached(model) or model.ByteSize() >= PROTOBUF_LIMIT:
         return None
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import gc
 import os
 import shutil
 import tempfile
@@ -188,21 +189,21 @@ def save(model: onnx.ModelProto, path: Path, external: bool | None = None) -> li
         return _save_external(model, path)
     if external is None:
         external = model.ByteSize() >= PROTOBUF_LIMIT - 2**26
-    copy = onnx.ModelProto()
+    if not external:  # onnx.save_model only reads the proto then
+        onnx.save_model(model, str(path))
+        return [path.name]
+    copy = onnx.ModelProto()  # an external-data save rewrites the proto it is given
     copy.CopyFrom(model)
-    if external:
-        data_name = f"{path.name}.data"
-        onnx.save_model(
-            copy,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data_name,
-            size_threshold=1024,
-        )
-        return [path.name, data_name]
-    onnx.save_model(copy, str(path))
-    return [path.name]
+    data_name = f"{path.name}.data"
+    onnx.save_model(
+        copy,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_name,
+        size_threshold=1024,
+    )
+    return [path.name, data_name]
 
 
 # ---------------------------------------------------------------- models over 2 GB (detached)
@@ -300,6 +301,15 @@ def _set_external(tensor: onnx.TensorProto, location: str, offset: int, length: 
         entry.key, entry.value = key, value
 
 
+def is_repeated(descriptor: Any) -> bool:
+    """Whether a protobuf field is repeated (``label`` is gone from protobuf 7's descriptors,
+    ``is_repeated`` is new in protobuf 5)."""
+    repeated = getattr(descriptor, "is_repeated", None)
+    if repeated is not None:
+        return bool(repeated)
+    return bool(descriptor.label == descriptor.LABEL_REPEATED)
+
+
 def _light(model: onnx.ModelProto, keep: Any) -> onnx.ModelProto:
     """A copy of ``model`` without the initializers ``keep(tensor)`` rejects (never copying
     the whole proto: that is what a >2 GB model cannot afford)."""
@@ -308,7 +318,7 @@ def _light(model: onnx.ModelProto, keep: Any) -> onnx.ModelProto:
         if field.name == "graph":
             continue
         target = getattr(light, field.name)
-        if field.label == field.LABEL_REPEATED:
+        if is_repeated(field):
             target.extend(value)
         elif field.message_type is not None:
             target.CopyFrom(value)
@@ -318,7 +328,7 @@ def _light(model: onnx.ModelProto, keep: Any) -> onnx.ModelProto:
         if field.name == "initializer":
             continue
         target = getattr(light.graph, field.name)
-        if field.label == field.LABEL_REPEATED:
+        if is_repeated(field):
             target.extend(value)
         elif field.message_type is not None:
             target.CopyFrom(value)
@@ -377,6 +387,9 @@ def _read(tensor: onnx.TensorProto, folder: Path) -> bytes:
 def materialize(model: onnx.ModelProto, names: set[str]) -> None:
     """Load the data of the detached initializers named ``names`` into ``model`` (in place):
     for steps that read tensor values (onnxruntime's quantizer reads the weights it quantizes)."""
+    # an onnxruntime session of the model that a reference cycle keeps (until the collector
+    # runs) holds its weights too (1x their size, prepacked): let it go before loading them
+    gc.collect()
     for tensor in model.graph.initializer:
         if tensor.name in names and tensor.data_location == onnx.TensorProto.EXTERNAL:
             data = _read(tensor, store())
@@ -402,6 +415,7 @@ def inference_session(
     """An InferenceSession over ``model``, detached or not (its data read from ``store()``)."""
     model = sessionable(model)
     if detached(model):
+        gc.collect()  # sessions of it that reference cycles keep (see ``materialize``)
         options.add_session_config_entry(_FOLDER_KEY, str(store()))
     return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
 
@@ -426,6 +440,14 @@ def optimized_detached(model: onnx.ModelProto, options: Any) -> onnx.ModelProto:
         return onnx.load_model(str(target), load_external_data=False)
     finally:
         target.unlink(missing_ok=True)
+
+
+def run_checker(model: onnx.ModelProto) -> None:
+    """The ONNX checker on ``model``, detached (through a file) or not."""
+    if detached(model):
+        _check_detached(model)
+    else:
+        onnx.checker.check_model(model)
 
 
 def _check_detached(model: onnx.ModelProto) -> None:

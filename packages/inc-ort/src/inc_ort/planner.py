@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from inc_core import scheme
+from inc_core.errors import DataError
 from inc_core.space import OpQuant, QuantPlan, TensorRanges, TensorScheme
 
 from . import graph
@@ -191,17 +192,48 @@ def activation_override(rng: tuple[float, float], ts: TensorScheme) -> dict[str,
     }
 
 
+def weight_range(
+    values: np.ndarray, granularity: str, axis: int, name: str = "weight"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``scheme.tensor_range`` of a weight in its own float dtype, as float64.
+
+    The core's function takes a float64 copy of the whole tensor (twice a float32 weight's
+    size: 2 GiB more for a 1 GiB weight of a >2 GB model); min and max pick values, so taking
+    them in float32 and widening the results gives the same numbers. A NaN or inf anywhere
+    shows in the min or the max, which stands for the core's finiteness check.
+    """
+    if values.size == 0:
+        return scheme.tensor_range(values, granularity, axis)  # the core's error
+    if granularity == "per_channel":
+        others = tuple(i for i in range(values.ndim) if i != axis % values.ndim)
+        lo, hi = values.min(axis=others), values.max(axis=others)
+    else:
+        lo, hi = values.min(), values.max()
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        bad = "NaN" if np.isnan(lo).any() or np.isnan(hi).any() else "inf"
+        raise DataError(
+            f"{name} contains {bad}; quantization ranges must be finite (keep the op in fp32 "
+            "or fix the weight)"
+        )
+    return lo, hi
+
+
 def weight_override(
-    values: np.ndarray, ts: TensorScheme, axis: int, reduce_range: bool
+    values: np.ndarray, ts: TensorScheme, axis: int, reduce_range: bool, name: str = "weight"
 ) -> list[dict[str, Any]]:
-    params = scheme.weight_qparams(
-        values,
+    if values.dtype.kind != "f":  # the core's float64 path for anything else
+        lo, hi = scheme.tensor_range(values, ts.granularity, axis)
+    else:
+        lo, hi = weight_range(values, ts.granularity, axis, name)
+    params = scheme.compute_qparams(
+        lo,
+        hi,
         dtype=ts.dtype,
         scheme=ts.scheme,
-        granularity=ts.granularity,
-        axis=axis,
         convention=CONVENTION,
         reduce_range=reduce_range,
+        axis=axis if ts.granularity == "per_channel" else None,
     )
     qtype = QUANT_TYPES[ts.dtype]
     if ts.granularity == "per_tensor":
@@ -246,13 +278,15 @@ def weight_overrides(
         init = graph.initializer(model, weight) if weight else None
         if init is None or weight in out:
             continue
-        values = onnx.numpy_helper.to_array(init).astype(np.float64)
+        values = onnx.numpy_helper.to_array(init)
         ts = op.weight
         if uniform_granularity and ts.granularity != uniform_granularity:
             ts = TensorScheme(ts.dtype, ts.scheme, uniform_granularity, ts.algorithm)
         if values.ndim < 2 and ts.granularity == "per_channel":
             ts = TensorScheme(ts.dtype, ts.scheme, "per_tensor", ts.algorithm)
-        out[weight] = weight_override(values, ts, weight_axis(node, values.ndim), reduce_range)
+        axis = weight_axis(node, values.ndim)
+        out[weight] = weight_override(values, ts, axis, reduce_range, f"weight {weight!r}")
+        del values  # one weight's copy at a time
         per_channel = per_channel or ts.granularity == "per_channel"
     return out, per_channel
 

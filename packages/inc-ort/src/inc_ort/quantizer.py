@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from onnxruntime.quantization import qdq_quantizer
+from onnxruntime.quantization import base_quantizer, onnx_quantizer, qdq_quantizer
 from onnxruntime.quantization.onnx_model import ONNXModel
 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
@@ -32,6 +32,7 @@ from onnxruntime.quantization.quant_utils import (
 
 from inc_core.errors import ModelError
 
+from . import model_io
 from ._runtime import onnx, ortq
 from .model_io import PROTOBUF_LIMIT
 
@@ -152,7 +153,33 @@ class IncQOperatorQuantizer(ONNXQuantizer):  # type: ignore[misc]
         values["mode"] = QuantizationMode.QLinearOps if static else QuantizationMode.IntegerOps
         values["static"] = static
         params = inspect.signature(ONNXQuantizer.__init__).parameters
-        ONNXQuantizer.__init__(self, **_renamed(values, params))
+        with _in_memory_reload():
+            ONNXQuantizer.__init__(self, **_renamed(values, params))
+
+    def quantize_model(self) -> Any:
+        with _vectorized_weights():
+            return super().quantize_model()
+
+
+@contextmanager
+def _in_memory_reload() -> Iterator[None]:
+    """onnxruntime's ``ONNXQuantizer.__init__`` with ``inferred_in_place`` for the reload it
+    does after its Gemm rewrite (dynamic quantization): the parent calls the module's function,
+    which no method can override. It passes the model it owns and keeps only what it gets
+    back, so updating that model in place instead of copying it changes nothing for another
+    quantizer running meanwhile."""
+    if getattr(onnx_quantizer, _RELOAD, None) is None:  # a release without it
+        yield
+        return
+    original = getattr(onnx_quantizer, _RELOAD)
+    setattr(onnx_quantizer, _RELOAD, inferred_in_place)
+    try:
+        yield
+    finally:
+        setattr(onnx_quantizer, _RELOAD, original)
+
+
+_RELOAD = "save_and_reload_model_with_shape_infer"
 
 
 def with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -161,35 +188,144 @@ def with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     Without the ``onnx.infer`` mark, onnxruntime's quantizer deep-copies the model, saves it
     with its tensors of 1 KB or more as external data, runs ONNX shape inference on the file,
     and loads the result back (``save_and_reload_model_with_shape_infer``): on every build,
-    the guards' rebuilds included (a 90 MB MiniLM wrote 2.4 GB to disk). This runs the same
-    inference in memory on the same graph (those tensors marked external, their bytes left
-    out), then puts the bytes back as ``onnx.load`` does; the result is the model
-    onnxruntime would have loaded, byte for byte.
+    the guards' rebuilds included (a 90 MB MiniLM wrote 2.4 GB to disk). This makes the same
+    copy and infers its shapes in memory (``inferred_in_place``): the model onnxruntime would
+    have loaded, byte for byte.
     """
     if model_has_infer_metadata(model):
         return model
-    light = onnx.ModelProto()
-    light.CopyFrom(model)  # one copy, as the parent's deepcopy
-    moved = [
-        i
-        for i, tensor in enumerate(_initializers(light))
-        if tensor.HasField("raw_data")
-        and len(tensor.raw_data) + _BYTES_OVERHEAD >= _EXTERNAL_THRESHOLD
-    ]
-    tensors = _initializers(light)
-    for i in moved:
-        onnx.external_data_helper.set_external_data(tensors[i], "inc-shape-inference.data")
-        tensors[i].ClearField("raw_data")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # one copy, as the parent's deepcopy
+    return inferred_in_place(copy)
+
+
+def inferred_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the shapes ONNX infers, as ``save_and_reload_model_with_shape_infer``
+    returns it, but updated in place: no copy of its tensors, nothing written.
+
+    The inference runs on a light copy whose tensors of 1 KB or more are marked external with
+    their bytes left out, as they are in the file onnxruntime infers from; what inference
+    changes (nodes, inputs, outputs, value_info) is then put into ``model``. onnxruntime's
+    dynamic quantizer reloads the model it works on this way after its Gemm rewrite: two more
+    copies of the weights (a >2 GB model's weights, loaded for quantization, took 2x their
+    size more and 7 s). A model's own external-data tensors (inc's store for models over
+    2 GB) stay as they are.
+    """
+    light, moved = _light_for_inference(model)
     inferred = onnx.shape_inference.infer_shapes(light)
-    # only the tensors moved here get their bytes back: a model's own external-data tensors
-    # (inc's store for models over 2 GB) stay as they are
+    if not _only_graph_lists_differ(light, inferred):
+        return _inferred_copy(model, inferred, moved)
+    del light
+    originals = _initializers(model)
+    main = len(model.graph.initializer)
+    # bytes of moved tensors inside subgraphs: their nodes are replaced by the inferred ones
+    sub_bytes = {i: originals[i].raw_data for i in moved if i >= main}
+    del originals
+    for name in _INFERRED_FIELDS:
+        target = getattr(model.graph, name)
+        del target[:]
+        target.extend(getattr(inferred.graph, name))
+    for i in moved:
+        if i < main:  # as onnx.load leaves a tensor it read back: the location field set
+            model.graph.initializer[i].data_location = onnx.TensorProto.DEFAULT
+    if sub_bytes:
+        tensors = _initializers(model)
+        for i, data in sub_bytes.items():
+            _restore(tensors[i], data)
+    add_infer_metadata(model)
+    return model
+
+
+#: the graph fields shape inference writes (node: the value_info of subgraphs)
+_INFERRED_FIELDS = ("node", "input", "output", "value_info")
+
+
+def _light_for_inference(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[int]]:
+    """A copy of ``model`` as onnxruntime's quantizer saves it for shape inference, its tensors
+    of 1 KB or more marked external and without their bytes (which are never copied); and
+    the indices (in ``_initializers`` order) of the tensors so marked."""
+    light = onnx.ModelProto()
+    for descriptor, value in model.ListFields():
+        if descriptor.name != "graph":
+            _assign(light, descriptor, value)
+    for descriptor, value in model.graph.ListFields():
+        if descriptor.name != "initializer":
+            _assign(light.graph, descriptor, value)
+    moved = []
+    for i, tensor in enumerate(model.graph.initializer):
+        if _moves(tensor):
+            stub = light.graph.initializer.add()
+            for descriptor, value in tensor.ListFields():
+                if descriptor.name not in ("raw_data", "external_data", "data_location"):
+                    _assign(stub, descriptor, value)
+            _mark_external(stub)
+            moved.append(i)
+        else:
+            light.graph.initializer.add().CopyFrom(tensor)
+    main = len(model.graph.initializer)
+    for i, tensor in enumerate(_initializers(light)[main:], start=main):
+        if _moves(tensor):  # a subgraph's tensor, copied whole (subgraphs hold small ones)
+            tensor.ClearField("raw_data")
+            _mark_external(tensor)
+            moved.append(i)
+    return light, moved
+
+
+def _assign(message: Any, descriptor: Any, value: Any) -> None:
+    target = getattr(message, descriptor.name)
+    if model_io.is_repeated(descriptor):
+        target.extend(value)
+    elif descriptor.message_type is not None:
+        target.CopyFrom(value)
+    else:
+        setattr(message, descriptor.name, value)
+
+
+def _moves(tensor: onnx.TensorProto) -> bool:
+    """Whether ``onnx.save_model(save_as_external_data=True)`` moves ``tensor`` to the file."""
+    return (
+        tensor.data_location != onnx.TensorProto.EXTERNAL
+        and tensor.HasField("raw_data")
+        and len(tensor.raw_data) + _BYTES_OVERHEAD >= _EXTERNAL_THRESHOLD
+    )
+
+
+def _mark_external(tensor: onnx.TensorProto) -> None:
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "inc-shape-inference.data"
+
+
+def _restore(tensor: onnx.TensorProto, data: bytes) -> None:
+    """A moved tensor as ``onnx.load`` gives it back: its bytes inline, no external marks."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        tensor.raw_data = data
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+def _only_graph_lists_differ(light: onnx.ModelProto, inferred: onnx.ModelProto) -> bool:
+    """Whether inference changed nothing but ``_INFERRED_FIELDS`` (what ``inferred_in_place``
+    copies back); both protos are light, so comparing their bytes is cheap."""
+
+    def rest(model: onnx.ModelProto) -> bytes:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        for name in _INFERRED_FIELDS:
+            copy.graph.ClearField(name)
+        return copy.SerializeToString(deterministic=True)
+
+    return rest(light) == rest(inferred)
+
+
+def _inferred_copy(
+    model: onnx.ModelProto, inferred: onnx.ModelProto, moved: list[int]
+) -> onnx.ModelProto:
+    """The inferred light model with the moved tensors' bytes put back (a copy of them)."""
     tensors, originals = _initializers(inferred), _initializers(model)
     for i in moved:
-        tensor, original = tensors[i], originals[i]
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            tensor.raw_data = original.raw_data
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            del tensor.external_data[:]
+        _restore(tensors[i], originals[i].raw_data)
     add_infer_metadata(inferred)
     return inferred
 
@@ -263,38 +399,101 @@ def _quantize_initializer(
     quant_weight_name: str | None = None,
     block_size: int = 0,
 ) -> onnx.TensorProto:
-    """``quant_utils.quantize_onnx_initializer`` with per-channel int8/uint8 weights quantized
-    in one broadcast: onnxruntime loops over channels in Python (0.45 s per build of MiniLM's
-    31 weights), with the same float32 arithmetic per element, so the bytes are the same."""
+    """``quant_utils.quantize_onnx_initializer`` for int8/uint8 weights in one broadcast, in
+    place: onnxruntime loops over channels in Python (0.45 s per build of MiniLM's 31 weights)
+    and, per tensor or per channel, makes three float temporaries the size of the weight (a
+    1 GiB weight of a >2 GB model took 3 GiB more); the float arithmetic per element is the
+    same (divide, round half to even, add the zero point, clip), so the bytes are the same."""
     dtype = _NP_BY_ONNX.get(quant_type)
     scale, zero_point = np.asarray(scale), np.asarray(zero_point)
+    per_tensor = axis is None and scale.size == 1 and zero_point.size == 1
     if (
-        axis is None
-        or block_size
+        block_size
         or dtype is None
         or weight.data_type != onnx.TensorProto.FLOAT
-        or scale.ndim != 1
-        or zero_point.shape != scale.shape
         or len(weight.dims) == 0
-        or weight.dims[axis] != scale.size
+        or not (
+            per_tensor
+            or (
+                axis is not None
+                and scale.ndim == 1
+                and zero_point.shape == scale.shape
+                and weight.dims[axis] == scale.size
+            )
+        )
     ):
         return _QUANTIZE_INITIALIZER(
             weight, quant_type, zero_point, scale, axis, quant_weight_name, block_size=block_size
         )
     data = onnx.numpy_helper.to_array(weight)
-    shape = [1] * data.ndim
-    shape[axis] = scale.size
-    values = np.asarray(
-        (data.astype(np.float32) / scale.reshape(shape)).round() + zero_point.reshape(shape)
-    )
-    info = np.iinfo(dtype)
-    np.clip(values, np.array(info.min, dtype), np.array(info.max, dtype), out=values)
+    if per_tensor:
+        scale_b, zero_b = scale.reshape(()), zero_point.reshape(())
+    else:
+        shape = [1] * data.ndim
+        shape[axis] = scale.size  # type: ignore[index]
+        scale_b, zero_b = scale.reshape(shape), zero_point.reshape(shape)
+    out = _quantized(data, scale_b, zero_b, dtype)
+    del data
     name = quant_weight_name or f"{weight.name}{TENSOR_NAME_QUANT_SUFFIX}"
-    return onnx.numpy_helper.from_array(values.astype(dtype).reshape(tuple(weight.dims)), name)
+    return onnx.numpy_helper.from_array(out.reshape(tuple(weight.dims)), name)
+
+
+def _quantized(
+    data: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    dtype: Any,
+    low: Any = None,
+    high: Any = None,
+) -> np.ndarray:
+    """``quant_utils.quantize_nparray``'s arithmetic (float32 divide, round half to even, add
+    the zero point, clip, cast) in slabs along axis 0, per-channel operands sliced with them
+    when that is their axis: the float temporary is a slab's size, not the weight's."""
+    data = data.astype(np.float32, copy=False)
+    out = np.empty(data.shape, dtype)
+    info = np.iinfo(dtype)
+    lowest = info.min if low is None else max(info.min, low)
+    highest = info.max if high is None else min(info.max, high)
+    rows = max(1, _SLAB_BYTES // max(1, data[:1].nbytes)) if data.ndim else 1
+    for start in range(0, data.shape[0] if data.ndim else 1, rows):
+        part = slice(start, start + rows) if data.ndim else ...
+        s = scale[part] if scale.ndim and scale.shape[0] > 1 else scale
+        z = zero_point[part] if zero_point.ndim and zero_point.shape[0] > 1 else zero_point
+        values = np.divide(data[part], s)
+        np.round(values, out=values)
+        np.add(values, z, out=values)
+        np.clip(values, lowest, highest, out=values)
+        out[part] = values
+    return out
+
+
+def _quantize_nparray(
+    qType: Any, arr: Any, scale: Any, zero_point: Any, low: Any = None, high: Any = None
+) -> Any:
+    """``quant_utils.quantize_nparray`` with int8/uint8 results computed by ``_quantized``
+    (onnxruntime's makes three float temporaries of the array's size), the same bytes."""
+    dtype = _NP_BY_ONNX.get(qType)
+    scale, zero_point = np.asarray(scale), np.asarray(zero_point)
+    if (
+        dtype is None
+        or not isinstance(arr, np.ndarray)
+        or arr.dtype != np.float32
+        or scale.size != 1
+        or zero_point.size != 1
+        or np.result_type(np.float32, scale.dtype) != np.float32
+        or zero_point.dtype != dtype
+    ):
+        return _QUANTIZE_NPARRAY(qType, arr, scale, zero_point, low, high)
+    return _quantized(arr, scale.reshape(()), zero_point.reshape(()), dtype, low, high)
+
+
+#: the float temporary ``_quantize_initializer`` works in
+_SLAB_BYTES = 2**26
 
 
 _NP_BY_ONNX = {QUANT_TYPES[name].tensor_type: np_type for name, np_type in NP_TYPES.items()}
 _QUANTIZE_INITIALIZER = getattr(qdq_quantizer, "quantize_onnx_initializer", None)
+_QUANTIZE_NPARRAY = getattr(base_quantizer, "quantize_nparray", None)
 
 
 @contextmanager
@@ -302,14 +501,26 @@ def _vectorized_weights() -> Iterator[None]:
     """onnxruntime's QDQ quantizer with ``_quantize_initializer`` for weights, while inc's
     quantizer runs: the parent calls the module's function, which no method can override.
     Results are identical, so another quantization running meanwhile is not affected."""
-    if _QUANTIZE_INITIALIZER is None:  # a release without it: nothing to speed up
-        yield
-        return
-    qdq_quantizer.quantize_onnx_initializer = _quantize_initializer
+    patches = [
+        (module, name, replacement, original)
+        for module, name, replacement, original in (
+            (
+                qdq_quantizer,
+                "quantize_onnx_initializer",
+                _quantize_initializer,
+                _QUANTIZE_INITIALIZER,
+            ),
+            (base_quantizer, "quantize_nparray", _quantize_nparray, _QUANTIZE_NPARRAY),
+        )
+        if original is not None  # a release without it: nothing to replace
+    ]
+    for module, name, replacement, _ in patches:
+        setattr(module, name, replacement)
     try:
         yield
     finally:
-        qdq_quantizer.quantize_onnx_initializer = _QUANTIZE_INITIALIZER
+        for module, name, _, original in patches:
+            setattr(module, name, original)
 
 
 def _renamed(values: dict[str, Any], params: Any) -> dict[str, Any]:
@@ -363,11 +574,29 @@ def check_single_definitions(graph: onnx.GraphProto, where: str = "the quantized
 
 
 def run(quantizer: Any) -> onnx.ModelProto:
-    """Quantize and return the ModelProto (the parent keeps it in ``quantizer.model``)."""
+    """Quantize and return the ModelProto; the quantizer is spent (it holds nothing after)."""
     quantizer.quantize_model()
     quantizer.model.topological_sort()  # the parent sorts only when it saves to a file
-    model = quantizer.model.model
+    model = compact(quantizer.model.model)
+    # a quantizer builds once: let go of what it holds of the model it rewrote (upb frees that
+    # model's memory only when nothing refers to any part of it)
+    vars(quantizer).clear()
     check_single_definitions(model.graph)
-    if model.ByteSize() < PROTOBUF_LIMIT:
+    if model_io.detached(model):  # weights left fp32 in inc's store (a model over 2 GB)
+        model_io.run_checker(model)
+    elif model.ByteSize() < PROTOBUF_LIMIT:
         onnx.checker.check_model(model)
     return model
+
+
+def compact(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` holding only what it holds now.
+
+    A protobuf (upb) message frees the memory of a tensor removed or overwritten only with the
+    whole message: a quantized model still carries the fp32 weights the quantizer replaced (a
+    >2 GB model's weights, loaded for quantization, stayed in memory through the guards and
+    the save). The copy allocates only the live fields; the caller drops the original.
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
