@@ -47,27 +47,38 @@ def canonicalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict[str
     for name, step, needs_types in STEPS:
         start = time.perf_counter()
         entry: dict[str, Any] = {"step": name, "rewrites": 0, "nodes": [], "skipped": None}
-        snapshot = onnx.ModelProto()
-        snapshot.CopyFrom(work)
+        # each step rewrites a fresh copy, kept when it succeeds: a protobuf (upb) message frees
+        # what a rewrite replaces or removes only with the whole message, so rewriting one copy
+        # in place through every step left the dead tensors of each step in memory
+        candidate = onnx.ModelProto()
+        candidate.CopyFrom(work)
+        inferred: list[bool] = []
         try:
-            g = Graph(work)
-            if needs_types and not typed:
-                shapes.types_only(g)
-                typed = True
-            outcome = step(g)
-            g.prune()
+            outcome = _run(candidate, step, needs_types and not typed, inferred)
             entry["nodes"] = outcome.nodes
             entry["rewrites"] = len(outcome.nodes)
             if outcome.detail:
                 entry["detail"] = outcome.detail
-            if outcome.nodes:
-                typed = False  # rewrites leave stale value_info behind: infer again when needed
+            # rewrites leave stale value_info behind: infer again when needed (below)
+            work = candidate
         except Skip as exc:
-            work.CopyFrom(snapshot)
             entry["skipped"] = str(exc)
         except Exception as exc:  # never crash the user's run on a graph we do not understand
-            work.CopyFrom(snapshot)
             entry["skipped"] = f"failed: {type(exc).__name__}: {exc}"
+        typed = (typed or bool(inferred)) and not entry["rewrites"]
+        del candidate
         entry["seconds"] = round(time.perf_counter() - start, 4)
         report.append(entry)
     return work, report
+
+
+def _run(model: onnx.ModelProto, step: Any, infer: bool, inferred: list[bool]) -> Any:
+    """One step on ``model`` (rewritten in place), types inferred first when ``infer`` (then
+    ``inferred`` gets an entry: the caller's record holds even when the step fails)."""
+    g = Graph(model)
+    if infer:
+        shapes.types_only(g)
+        inferred.append(True)
+    outcome = step(g)
+    g.prune()
+    return outcome
