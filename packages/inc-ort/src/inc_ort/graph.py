@@ -42,11 +42,6 @@ FOLLOW_OPS: tuple[str, ...] = (
     "Relu", "Clip", "MaxPool", "AveragePool", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
     "Flatten", "Slice", "Pad", "Resize", "Split", "Gather",
 )  # fmt: skip
-GENERIC_ALIASES: dict[str, tuple[str, ...]] = {
-    "Linear": ("MatMul", "Gemm"),
-    "Conv2d": ("Conv",),
-    "Dense": ("MatMul", "Gemm"),
-}
 GRAPH_OPTIMIZATION_LEVELS = {
     "DISABLE_ALL": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "ENABLE_BASIC": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
