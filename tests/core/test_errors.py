@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import json
 import sys
-import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from inc_core import PostTrainingQuantConfig, QuantizationAwareTrainingConfig, q
 from inc_core import backend as registry
 from inc_core.errors import BackendNotAvailable, ConfigError, DataError, IncError, ModelError
 from inc_core.metric import METRICS
+from tests.bad_input import listing
 
 from .reference_backend import NumpyMLP, ReferenceBackend
 
@@ -43,21 +43,6 @@ def fingerprint(model: NumpyMLP) -> str:
         digest.update(repr((layer.relu, layer.input_qparams, layer.weight_qparams)).encode())
     digest.update(json.dumps(model.meta, sort_keys=True, default=str).encode())
     return digest.hexdigest()
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The test's working directory and tempfile directory: both must stay as they were."""
-    work, tmp = tmp_path / "work", tmp_path / "tmp"
-    work.mkdir()
-    tmp.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    return tmp_path
-
-
-def listing(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
 def batches(x: np.ndarray, count: int = 4, size: int = 50) -> list[np.ndarray]:

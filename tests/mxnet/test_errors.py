@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,8 @@ import pytest
 from mxnet import gluon
 
 from inc_core import PostTrainingQuantConfig, quantization
-from inc_core.errors import ConfigError, DataError, IncError, ModelError
+from inc_core.errors import ConfigError, DataError, ModelError
+from tests.bad_input import Case, assert_refused, conf, listing
 
 
 class Imperative(gluon.Block):
@@ -161,6 +159,8 @@ def with_nan(batch: int) -> list[np.ndarray]:
 
 
 def fingerprint(model: Any) -> str:
+    if isinstance(model, tuple):  # a (symbol_file, params_file) pair
+        return "+".join(fingerprint(part) for part in model)
     digest = hashlib.sha256()
     if isinstance(model, gluon.Block):
         for name, param in sorted(model.collect_params().items()):
@@ -174,35 +174,7 @@ def fingerprint(model: Any) -> str:
     return digest.hexdigest()
 
 
-@pytest.fixture
-def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    work, tmp = tmp_path / "work", tmp_path / "tmp"
-    work.mkdir()
-    tmp.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    return tmp_path
-
-
-def listing(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
 STATIC = PostTrainingQuantConfig(approach="static", guards=False)
-
-
-def conf(**kwargs: Any) -> Callable[[], PostTrainingQuantConfig]:
-    return lambda: PostTrainingQuantConfig(**{"approach": "static", "guards": False, **kwargs})
-
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    model: Callable[[Path], Any]
-    conf: Callable[[], Any]
-    data: Callable[[], Any]
-    error: type[BaseException]
-    parts: tuple[str, ...]
 
 
 CASES = [
@@ -391,18 +363,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, sandbox: Path) -> None:
-    model = case.model(sandbox / "work")
-    config, data = case.conf(), case.data()
-    parts = model if isinstance(model, tuple) else (model,)
-    before, files = [fingerprint(m) for m in parts], listing(sandbox)
-    with pytest.raises(case.error) as exc:
-        quantization.fit(model, config, calib_dataloader=data)
-    message = str(exc.value)
-    for part in case.parts:
-        assert part in message, f"{part!r} missing from: {message}"
-    assert isinstance(exc.value, IncError)
-    assert [fingerprint(m) for m in parts] == before
-    assert listing(sandbox) == files
+    assert_refused(case, sandbox, fingerprint)
 
 
 def test_exported_files_quantize_and_stay_as_they_were(sandbox: Path) -> None:

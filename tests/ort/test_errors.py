@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 
 from inc_core import PostTrainingQuantConfig, quantization
 from inc_core.errors import BackendNotAvailable, ConfigError, DataError, ModelError
+from tests.bad_input import listing
 
 STATIC = PostTrainingQuantConfig(approach="static")
 
@@ -152,23 +153,6 @@ def test_opset_below_10_is_converted_on_a_copy_and_said(cnn, calib, caplog):
 
 # --- the catalogue's table: each case a file the user gave, byte-identical afterwards, and
 # nothing left in the working or temporary directory
-
-
-@pytest.fixture
-def sandbox(tmp_path, monkeypatch):
-    """The working and tempfile directories of one case: both must stay as they were."""
-    import tempfile
-
-    work, tmp = tmp_path / "work", tmp_path / "tmp"
-    work.mkdir()
-    tmp.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    return tmp_path
-
-
-def _listing(root):
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
 def _opset(cnn, version):
@@ -329,7 +313,7 @@ def test_bad_model_or_data(cnn, calib, sandbox, maker, conf, data, error, patter
         before = model.read_bytes()
     else:
         before = None
-    files = _listing(sandbox)
+    files = listing(sandbox)
     with pytest.raises(error, match=pattern):
         conf = conf or PostTrainingQuantConfig(approach="static", inputs=["image"])
         quantization.fit(model, conf, calib_dataloader=data(calib))
@@ -337,7 +321,7 @@ def test_bad_model_or_data(cnn, calib, sandbox, maker, conf, data, error, patter
         assert model.SerializeToString() == before
     elif before is not None:
         assert model.read_bytes() == before
-    assert _listing(sandbox) == files
+    assert listing(sandbox) == files
 
 
 def test_onnx_model_with_another_suffix_is_read_by_content(cnn_path, calib, sandbox):

@@ -4,9 +4,6 @@ is allowed, the user's Keras model (weights, layers) and files unchanged, nothin
 from __future__ import annotations
 
 import hashlib
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,8 @@ import numpy as np
 import pytest
 
 from inc_core import PostTrainingQuantConfig, quantization
-from inc_core.errors import ConfigError, DataError, DeviceNotAvailable, IncError, ModelError
+from inc_core.errors import ConfigError, DataError, DeviceNotAvailable, ModelError
+from tests.bad_input import Case, assert_refused, conf, listing
 
 STATIC = PostTrainingQuantConfig(approach="static", guards=False)
 
@@ -71,20 +69,6 @@ def fingerprint(model: Any) -> str:
     return digest.hexdigest()
 
 
-@pytest.fixture
-def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    work, tmp = tmp_path / "work", tmp_path / "tmp"
-    work.mkdir()
-    tmp.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    return tmp_path
-
-
-def listing(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
 def images(n: int = 16, dtype: str = "float32") -> np.ndarray:
     return np.random.default_rng(0).random((n, 8, 8, 1)).astype(dtype)
 
@@ -117,20 +101,6 @@ def with_nan(batch: int) -> list[np.ndarray]:
     data = [images() for _ in range(4)]
     data[batch][2, 3, 3, 0] = np.nan
     return data
-
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    model: Callable[[Path], Any]
-    conf: Callable[[], Any]
-    data: Callable[[], Any]
-    error: type[BaseException]
-    parts: tuple[str, ...]
-
-
-def conf(**kwargs: Any) -> Callable[[], PostTrainingQuantConfig]:
-    return lambda: PostTrainingQuantConfig(**{"approach": "static", "guards": False, **kwargs})
 
 
 CASES = [
@@ -391,17 +361,7 @@ def _inc_saved(work: Path) -> Path:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, sandbox: Path) -> None:
-    model = case.model(sandbox / "work")
-    config, data = case.conf(), case.data()
-    before, files = fingerprint(model), listing(sandbox)
-    with pytest.raises(case.error) as exc:
-        quantization.fit(model, config, calib_dataloader=data)
-    message = str(exc.value)
-    for part in case.parts:
-        assert part in message, f"{part!r} missing from: {message}"
-    assert isinstance(exc.value, IncError)
-    assert fingerprint(model) == before
-    assert listing(sandbox) == files
+    assert_refused(case, sandbox, fingerprint)
 
 
 def test_a_keras_file_is_quantized_and_left_as_it_was(sandbox: Path) -> None:

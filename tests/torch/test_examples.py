@@ -4,28 +4,8 @@ scikit-learn, nothing downloaded) and end with an int8 model saved and checked."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def run_example(name: str, out: Path, *args: str) -> str:
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), "--out", str(out), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-        cwd=out.parent,
-    )
-    assert result.returncode == 0, (
-        f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    )
-    return result.stdout
+from tests.examples_runner import run_example
 
 
 def test_lightning_trainer_example_trains_with_the_callback_and_saves_int8(tmp_path):
