@@ -16,8 +16,10 @@ from inc_core.errors import IncError
 
 
 def listing(root: Path) -> list[str]:
-    """Every path below ``root``, relative to it."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    """Every path below ``root``, relative to it, but Python's own bytecode caches (a test's
+    fake plugin module imported from the sandbox writes one)."""
+    paths = (p.relative_to(root) for p in root.rglob("*"))
+    return sorted(str(p) for p in paths if "__pycache__" not in p.parts)
 
 
 def conf(**kwargs: Any) -> Callable[[], PostTrainingQuantConfig]:
