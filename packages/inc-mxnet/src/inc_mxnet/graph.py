@@ -174,7 +174,7 @@ def set_calibration(
     for node in data["nodes"]:
         attrs = node.get("attrs", {})
         key = _calib_key(node, data["nodes"]) if "min_calib_range" in attrs else None
-        if key not in ranges:
+        if key is None or key not in ranges:
             continue
         if node["op"] == "_contrib_quantize_v2" and key in entry_dtypes:
             attrs["out_type"] = entry_dtypes[key]
@@ -226,4 +226,5 @@ def read_calibration(
 
 def quantize_params(qsym: mx.sym.Symbol, graph: FloatGraph) -> dict[str, mx.nd.NDArray]:
     """int8 weights for the quantized FullyConnected nodes (oneDNN convs quantize theirs)."""
-    return mxq._quantize_params(qsym, graph.arg_params, {})
+    params: dict[str, mx.nd.NDArray] = mxq._quantize_params(qsym, graph.arg_params, {})
+    return params

@@ -128,7 +128,8 @@ def run(block: gluon.Block, inputs: Mapping[str, mx.nd.NDArray]) -> np.ndarray:
     out = block(*inputs.values())
     if isinstance(out, (list, tuple)):
         out = out[0]
-    return out.asnumpy()
+    array: np.ndarray = out.asnumpy()
+    return array
 
 
 def forward_tensors(
