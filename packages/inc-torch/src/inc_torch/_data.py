@@ -40,7 +40,8 @@ def call(model: nn.Module, inputs: Any) -> Any:
 def to_numpy(output: Any) -> np.ndarray:
     """The main output of a model as numpy: the tensor, ``.logits``, or the first element."""
     if torch.is_tensor(output):
-        return output.detach().float().cpu().numpy()
+        array: np.ndarray = output.detach().float().cpu().numpy()
+        return array
     logits = getattr(output, "logits", None)
     if logits is not None:
         return to_numpy(logits)

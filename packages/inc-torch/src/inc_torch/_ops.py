@@ -25,7 +25,6 @@ DYNAMIC_PER_CHANNEL: tuple[str, ...] = ("Linear",)
 QUANTIZABLE: tuple[type[nn.Module], ...] = tuple(dict.fromkeys(STATIC_TYPES + DYNAMIC_TYPES))
 
 
-
 #: the op name of a model that is itself one quantizable module (see ``Root``)
 ROOT = "module"
 

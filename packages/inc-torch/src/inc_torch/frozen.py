@@ -127,7 +127,8 @@ def _same(got: Any, want: Any) -> bool:
     if type(got) is not type(want):
         return False
     if isinstance(want, torch.Tensor):
-        return got.shape == want.shape and got.dtype == want.dtype and torch.equal(got, want)
+        equal: bool = got.shape == want.shape and got.dtype == want.dtype and torch.equal(got, want)
+        return equal
     if isinstance(want, (tuple, list)):
         return len(got) == len(want) and all(_same(g, w) for g, w in zip(got, want, strict=True))
     if isinstance(want, dict):

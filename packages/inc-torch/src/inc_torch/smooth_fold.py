@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,7 +153,7 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(v)
 
 
-def _consumers(roots: Iterator[Any]) -> dict[int, set[int]]:
+def _consumers(roots: Iterable[Any]) -> dict[int, set[int]]:
     """id(node) -> ids of the nodes that consumed its output, over the whole graph."""
     consumers: dict[int, set[int]] = {}
     seen: set[int] = set()
