@@ -303,7 +303,7 @@ class TfBackend(Backend):
         the core's helper (each input shape run once untimed first: tracing, tensor
         allocation) and nothing else is kept."""
         if isinstance(model, TfLiteModel):
-            feeds = [model._feeds(batch) for batch in inputs]
+            feeds: list[Any] = [model._feeds(batch) for batch in inputs]
 
             def run(feed: Any) -> Any:
                 return model._run(feed)
@@ -312,8 +312,8 @@ class TfBackend(Backend):
             import tensorflow as tf
 
             graph = tf.function(lambda xs: model(xs, training=False), reduce_retracing=True)
-            feeds = [self._arrays(model, batch) for batch in inputs]
-            feeds = [arrays if len(arrays) > 1 else arrays[0] for arrays in feeds]
+            batches = [self._arrays(model, batch) for batch in inputs]
+            feeds = [arrays if len(arrays) > 1 else arrays[0] for arrays in batches]
 
             def run(feed: Any) -> Any:
                 return keras.tree.map_structure(np.asarray, graph(feed))

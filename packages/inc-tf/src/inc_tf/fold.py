@@ -69,7 +69,8 @@ def plan_folds(model: keras.Model) -> dict[str, tuple[str, str | None, str | Non
             continue
         act_layer = _only_consumer(bn)
         activation = _fusable_activation(act_layer) if act_layer is not None else None
-        folds[layer.name] = (bn.name, act_layer.name if activation else None, activation)
+        fused = act_layer.name if activation and act_layer is not None else None
+        folds[layer.name] = (bn.name, fused, activation)
     return folds
 
 

@@ -63,6 +63,10 @@ class QuantizationCallback(keras.callbacks.Callback):
             self._plan = session.default_plan
             self._points = points(model, effective_plan(model, self._plan))
             self._quantizer = qat.TrainingQuantizer(tensors(model, self._points))
+        if self._quantizer is None:  # set with the plan above, on the first fit
+            raise RuntimeError(
+                "QuantizationCallback has a plan but no quantizer: on_train_begin was interrupted"
+            )
         self._started = time.perf_counter()
         self._patched = patch(model, self._points, self._quantizer)
         qat.reset_compiled_functions(model)

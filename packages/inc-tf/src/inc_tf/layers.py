@@ -165,4 +165,5 @@ def linear(layer: Any, x: Any, kernel: Any) -> Any:
 
 def original_call(layer: Any) -> Callable[..., Any]:
     """The class's own ``call`` bound to ``layer`` (ignores a patched instance attribute)."""
-    return type(layer).call.__get__(layer, type(layer))
+    call: Callable[..., Any] = type(layer).call.__get__(layer, type(layer))
+    return call
