@@ -241,7 +241,7 @@ class Graph:
         return removed
 
 
-def attrs(node: onnx.NodeProto) -> dict[str, object]:
+def attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 

@@ -4,6 +4,7 @@ kernel. The fused node takes the name of the pattern's first node."""
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import numpy as np
 
@@ -16,7 +17,18 @@ MS = "com.microsoft"
 
 def _other(node: onnx.NodeProto, tensor: str) -> str:
     """The operand of binary ``node`` that is not ``tensor``."""
-    return node.input[1] if node.input[0] == tensor else node.input[0]
+    other: str = node.input[1] if node.input[0] == tensor else node.input[0]
+    return other
+
+
+def _reads_only(g: Graph, tensor: str, node: onnx.NodeProto) -> bool:
+    """``node`` is the one reader of ``tensor`` (``Graph.sole_consumer``).
+
+    A function rather than ``g.sole_consumer(t) is node`` inline: where onnx's types are unknown
+    (the lint env has no onnx), mypy narrows ``node`` after ``is`` to ``sole_consumer``'s
+    ``Any | None``, undoing the caller's None checks.
+    """
+    return g.sole_consumer(tensor) is node
 
 
 def _scalar(g: Graph, node: onnx.NodeProto, tensor: str) -> tuple[float, str] | None:
@@ -47,7 +59,9 @@ def _axes(g: Graph, node: onnx.NodeProto) -> list[int] | None:
     return None
 
 
-def _layernorm_at(g: Graph, rm1: onnx.NodeProto) -> tuple[list[onnx.NodeProto], dict] | None:
+def _layernorm_at(
+    g: Graph, rm1: onnx.NodeProto
+) -> tuple[list[onnx.NodeProto], dict[str, Any]] | None:
     x = rm1.input[0]
     axes = _axes(g, rm1)
     if axes is None or not attrs(rm1).get("keepdims", 1):
@@ -83,7 +97,7 @@ def _layernorm_at(g: Graph, rm1: onnx.NodeProto) -> tuple[list[onnx.NodeProto], 
     add = _only(g, rm2.output[0], "Add")
     eps = _scalar(g, add, rm2.output[0]) if add is not None else None
     sqrt = _only(g, add.output[0], "Sqrt") if add is not None else None
-    if eps is None or sqrt is None or g.sole_consumer(sqrt.output[0]) is not div:
+    if eps is None or sqrt is None or not _reads_only(g, sqrt.output[0], div):
         return None
     nodes = [rm1, sub, sq, rm2, add, sqrt, div]
     out, gamma, beta = div.output[0], None, None
@@ -107,7 +121,11 @@ def _norm_shape(g: Graph, x: str, axis: int) -> list[int] | None:
     if shape is None:
         return None
     dims = shape[axis:]
-    return None if any(not isinstance(d, int) or d <= 0 for d in dims) else list(dims)  # type: ignore[misc]
+    return (
+        None
+        if any(not isinstance(d, int) or d <= 0 for d in dims)
+        else cast("list[int]", list(dims))
+    )
 
 
 def _param(
@@ -180,7 +198,7 @@ def _gelu_tail(
     k = _scalar(g, half, x) if half is not None and half.op_type == "Mul" else None
     if half is None or k is None or not math.isclose(k[0], 0.5, rel_tol=1e-6):
         return None
-    if g.sole_consumer(half.output[0]) is not mul:
+    if not _reads_only(g, half.output[0], mul):
         return None
     return [half, mul], mul.output[0]
 
@@ -190,7 +208,7 @@ def _gelu_erf(g: Graph, erf: onnx.NodeProto) -> tuple[list[onnx.NodeProto], str,
     if (
         scale is None
         or scale.op_type not in ("Div", "Mul")
-        or g.sole_consumer(erf.input[0]) is not erf
+        or not _reads_only(g, erf.input[0], erf)
     ):
         return None
     x = next((i for i in scale.input if not g.is_const(i)), None)
@@ -219,18 +237,18 @@ def _plus_one_tail(
 
 def _gelu_tanh(g: Graph, tanh: onnx.NodeProto) -> tuple[list[onnx.NodeProto], str, str] | None:
     outer = g.producer.get(tanh.input[0])  # sqrt(2/pi) * (x + 0.044715 x^3)
-    if outer is None or outer.op_type != "Mul" or g.sole_consumer(tanh.input[0]) is not tanh:
+    if outer is None or outer.op_type != "Mul" or not _reads_only(g, tanh.input[0], tanh):
         return None
     inner = next((i for i in outer.input if not g.is_const(i)), "")
     k = _scalar(g, outer, inner)
     add = g.producer.get(inner)
     if k is None or not math.isclose(k[0], math.sqrt(2 / math.pi), rel_tol=1e-4) or add is None:
         return None
-    if add.op_type != "Add" or g.sole_consumer(inner) is not outer:
+    if add.op_type != "Add" or not _reads_only(g, inner, outer):
         return None
     for x, cube_t in (add.input, add.input[::-1]):
         coef = g.producer.get(cube_t)
-        if coef is None or coef.op_type != "Mul" or g.sole_consumer(cube_t) is not add:
+        if coef is None or coef.op_type != "Mul" or not _reads_only(g, cube_t, add):
             continue
         cube_in = next((i for i in coef.input if not g.is_const(i)), "")
         c = _scalar(g, coef, cube_in)
@@ -238,7 +256,7 @@ def _gelu_tanh(g: Graph, tanh: onnx.NodeProto) -> tuple[list[onnx.NodeProto], st
         if c is None or not math.isclose(c[0], 0.044715, rel_tol=1e-4) or cube is None:
             continue
         p = _scalar(g, cube, x) if cube.op_type == "Pow" else None
-        if p is None or p[0] != 3.0 or g.sole_consumer(cube_in) is not coef:
+        if p is None or p[0] != 3.0 or not _reads_only(g, cube_in, coef):
             continue
         found = _plus_one_tail(g, tanh.output[0], x)
         if found is None:
@@ -354,7 +372,7 @@ def _gate_at(
     add = g.producer.get(clip.input[0])
     if bounds is None or add is None or add.op_type != "Add":
         return None
-    if g.sole_consumer(add.output[0]) is not clip:
+    if not _reads_only(g, add.output[0], clip):
         return None
     x = next((i for i in add.input if not g.is_const(i)), None)
     beta = _const_operand(g, add, x) if x is not None else None
@@ -368,7 +386,7 @@ def _gate_at(
         return x, HS_ALPHA, HS_BETA, [add, clip, div], div.output[0]
     if lo == 0.0 and hi == 1.0:
         scale = g.producer.get(x)
-        if scale is not None and scale.op_type in ("Mul", "Div") and g.sole_consumer(x) is add:
+        if scale is not None and scale.op_type in ("Mul", "Div") and _reads_only(g, x, add):
             inner = next((i for i in scale.input if not g.is_const(i)), None)
             k = _const_operand(g, scale, inner) if inner is not None else None
             if inner is not None and k is not None and k != 0.0:
@@ -385,7 +403,7 @@ def _swish_after_clip(
     add = g.producer.get(clip.input[0])
     if bounds is None or add is None or add.op_type != "Add" or bounds != (0.0, 6.0):
         return None
-    if g.sole_consumer(add.output[0]) is not clip:
+    if not _reads_only(g, add.output[0], clip):
         return None
     x = next((i for i in add.input if not g.is_const(i)), None)
     if x is None or not _near(_const_operand(g, add, x), 3.0):
