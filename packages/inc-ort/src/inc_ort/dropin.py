@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from inc_core import PostTrainingQuantConfig, quantization
 from inc_core.errors import ConfigError
@@ -65,7 +65,7 @@ def as_loader(data: Any) -> Iterable[Any] | None:
         return None
     if callable(getattr(data, "get_next", None)):
         return list(reader_items(data))
-    return data
+    return cast("Iterable[Any]", data)
 
 
 def _dtype(qtype: Any, what: str, allowed: Sequence[str]) -> str:

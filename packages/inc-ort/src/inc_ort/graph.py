@@ -154,7 +154,7 @@ def is_listed(
         weight = weight_input(node, consts)
         if node.op_type != "MatMul" and weight is None:
             return False
-        if shapes is not None and weight in shapes:
+        if shapes is not None and weight is not None and weight in shapes:
             k = reduction_length(node, shapes[weight])
             return k is None or k >= MIN_REDUCTION
     return True

@@ -13,6 +13,7 @@ import re
 import tempfile
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
+from typing import cast
 
 from . import graph, model_io
 from ._runtime import onnx, ort
@@ -206,11 +207,11 @@ def exposed_outputs(
     def dequantized(tensor: str) -> str | None:
         for q in consumers.get(tensor, []):
             if q.op_type == "DequantizeLinear":
-                return q.output[0]
+                return cast(str, q.output[0])
             if q.op_type == "QuantizeLinear":
                 for dq in consumers.get(q.output[0], []):
                     if dq.op_type == "DequantizeLinear":
-                        return dq.output[0]
+                        return cast(str, dq.output[0])
         return None
 
     added: list[onnx.NodeProto] = []

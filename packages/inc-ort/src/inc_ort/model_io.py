@@ -233,7 +233,7 @@ def tensor_bytes(tensor: onnx.TensorProto) -> int:
         if length:
             return int(length)
     try:
-        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        itemsize: int = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
     except Exception:  # strings and exotic types: small in practice
         itemsize = 1
     return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
@@ -340,8 +340,10 @@ def _light(model: onnx.ModelProto, keep: Any) -> onnx.ModelProto:
 
 def _raw(tensor: onnx.TensorProto) -> bytes:
     if tensor.HasField("raw_data"):
-        return tensor.raw_data
-    return onnx.numpy_helper.to_array(tensor).tobytes()
+        raw: bytes = tensor.raw_data
+        return raw
+    data: bytes = onnx.numpy_helper.to_array(tensor).tobytes()
+    return data
 
 
 def detach(model: onnx.ModelProto, min_bytes: int = 2**20) -> onnx.ModelProto:

@@ -276,7 +276,7 @@ def weight_overrides(
             continue
         weight = graph.weight_input(node, consts)
         init = graph.initializer(model, weight) if weight else None
-        if init is None or weight in out:
+        if not weight or init is None or weight in out:
             continue
         values = onnx.numpy_helper.to_array(init)
         ts = op.weight
@@ -312,9 +312,7 @@ def static_spec(
     if qoperator:  # QLinear* ops take one weight granularity for the whole graph
         granularity = (
             Counter(
-                ops[n].weight.granularity
-                for n in nodes.static
-                if ops[n].weight  # type: ignore[union-attr]
+                op.weight.granularity for op in (ops[n] for n in nodes.static) if op.weight
             ).most_common(1)[0][0]
             if any(ops[n].weight for n in nodes.static)
             else None

@@ -104,6 +104,8 @@ def _common_kwargs(model: onnx.ModelProto, spec: QuantizerSpec, static: bool) ->
 class IncQDQQuantizer(QDQQuantizer):  # type: ignore[misc]
     """onnxruntime's QDQ quantizer with inc's nodes, schemes and scales."""
 
+    model: IndexedModel  # the parent's ONNXModel, replaced in __init__
+
     def __init__(self, model: onnx.ModelProto, spec: QuantizerSpec) -> None:
         self.inc_spec = spec
         values = _common_kwargs(with_inferred_shapes(model), spec, static=True)
@@ -314,7 +316,8 @@ def _only_graph_lists_differ(light: onnx.ModelProto, inferred: onnx.ModelProto) 
         copy.CopyFrom(model)
         for name in _INFERRED_FIELDS:
             copy.graph.ClearField(name)
-        return copy.SerializeToString(deterministic=True)
+        serialized: bytes = copy.SerializeToString(deterministic=True)
+        return serialized
 
     return rest(light) == rest(inferred)
 
@@ -422,6 +425,8 @@ def _quantize_initializer(
             )
         )
     ):
+        if _QUANTIZE_INITIALIZER is None:  # _vectorized_weights installs this only beside it
+            raise RuntimeError("onnxruntime has no quantize_onnx_initializer to fall back on")
         return _QUANTIZE_INITIALIZER(
             weight, quant_type, zero_point, scale, axis, quant_weight_name, block_size=block_size
         )
@@ -483,6 +488,8 @@ def _quantize_nparray(
         or np.result_type(np.float32, scale.dtype) != np.float32
         or zero_point.dtype != dtype
     ):
+        if _QUANTIZE_NPARRAY is None:  # _vectorized_weights installs this only beside it
+            raise RuntimeError("onnxruntime has no quantize_nparray to fall back on")
         return _QUANTIZE_NPARRAY(qType, arr, scale, zero_point, low, high)
     return _quantized(arr, scale.reshape(()), zero_point.reshape(()), dtype, low, high)
 

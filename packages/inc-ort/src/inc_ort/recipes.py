@@ -144,7 +144,7 @@ def _bias_of(model: onnx.ModelProto, node: onnx.NodeProto) -> str | None:
     readers = [n for n in model.graph.node if node.output[0] in n.input]
     if len(readers) != 1 or readers[0].op_type != "Add":
         return None
-    other = [i for i in readers[0].input if i != node.output[0]]
+    other: list[str] = [i for i in readers[0].input if i != node.output[0]]
     if len(other) == 1 and other[0] in inits and len(inits[other[0]].dims) == 1:
         return other[0]
     return None

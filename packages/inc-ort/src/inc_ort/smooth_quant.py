@@ -47,7 +47,9 @@ def _targets(model: onnx.ModelProto, op_types: Iterable[str]) -> dict[str, list[
 
 def _weight_rows(model: onnx.ModelProto, node: onnx.NodeProto) -> np.ndarray:
     """The weight as (K input channels, N outputs)."""
-    w = onnx.numpy_helper.to_array(graph.initializer(model, node.input[1])).astype(np.float64)
+    w: np.ndarray = onnx.numpy_helper.to_array(graph.initializer(model, node.input[1])).astype(
+        np.float64
+    )
     trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
     return w.T if trans_b else w
 
