@@ -426,8 +426,8 @@ class Guards:
             kept = [row["op"] for row in self.fallback if row["why"] == "slower"]
             also = f"kept {_names(kept)} in fp32 (faster so), but " if kept else ""
             _warn(
-                f"int8 is {timing.ratio:.2f}x the time of fp32 on this machine (median of "
-                f"{len(timing.ratios)} interleaved rounds, batch {batch_size(self.batch)}); "
+                f"int8 is {timing.ratio:.2f}x the time of fp32 on this machine (best of "
+                f"{len(timing.ratios)} interleaved rounds each, batch {batch_size(self.batch)}); "
                 f"{also}no candidate tried made int8 faster than fp32 (fp32 candidates tried: "
                 f"{'; '.join(fallen) or 'none possible'}). Returning the fastest int8 model "
                 "found; report['speed'] has the numbers"
