@@ -4,12 +4,8 @@ an ONNX path is claimed by its suffix alone."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
-
 from inc_ort import aliases, graph
+from tests.fresh_interpreter import run
 
 # ``import inc_ort.backend`` runs inc_ort/__init__.py first; this stands in a bare package for
 # it, so the entry-point module's own imports are judged apart from the package's
@@ -45,18 +41,6 @@ print(json.dumps({
     "frameworks": [m for m in ("onnx", "onnxruntime") if m in sys.modules],
 }))
 """
-
-
-def run(code: str) -> dict:
-    """Run ``code`` in a fresh interpreter (a clean sys.modules); it prints one JSON line."""
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def check_no_framework(found: dict) -> None:

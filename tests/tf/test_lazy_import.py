@@ -4,25 +4,9 @@ choosing a backend for another framework's model must not import TensorFlow or K
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
-
 from inc_tf import aliases
 from inc_tf import layers as kl
-
-
-def run(code: str) -> dict:
-    """Run ``code`` in a fresh interpreter (a clean sys.modules); it prints one JSON line."""
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+from tests.fresh_interpreter import run
 
 
 def test_choosing_a_backend_for_other_models_imports_no_tensorflow():
