@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from . import first_party
 from .errors import BackendNotAvailable, ModelError, not_allowed
+from .plugins import PluginGroup, describe
 from .scheme import CONVENTIONS
 from .space import Capability, OpInfo, QuantPlan, TensorRanges
 
@@ -252,23 +253,15 @@ class Backend(abc.ABC):
         return {}
 
 
-_registered: dict[str, type[Backend]] = {}
-_skipped: dict[str, str] = {}
-_skipped_errors: dict[str, BaseException] = {}
-_from_entry_points: set[str] = set()
-_loaded_entry_points = False
-
-
 def register(backend: type[Backend]) -> type[Backend]:
     """Register a backend class by hand (entry points do this for installed plugins)."""
     _verify(backend)
-    _registered[backend.name] = backend
+    _plugins.registered[backend.name] = backend
     return backend
 
 
 def unregister(name: str) -> None:
-    _registered.pop(name, None)
-    _from_entry_points.discard(name)
+    _plugins.unregister(name)
 
 
 def reset() -> None:
@@ -276,28 +269,17 @@ def reset() -> None:
 
     Backends registered by hand stay. For tests, and after installing a plugin at run time.
     """
-    global _loaded_entry_points
-    for name in _from_entry_points:
-        _registered.pop(name, None)
-    _from_entry_points.clear()
-    _skipped.clear()
-    _skipped_errors.clear()
-    _loaded_entry_points = False
-
-
-def _describe(backend: Any) -> str:
-    module = getattr(backend, "__module__", "?")
-    return f"{module}.{getattr(backend, '__qualname__', repr(backend))}"
+    _plugins.reset()
 
 
 def _verify(backend: Any) -> None:
     """Check a plugin class against the contract; the message names the plugin and the problem."""
     if not (isinstance(backend, type) and issubclass(backend, Backend)):
         raise TypeError(
-            f"{_describe(backend)} is not a subclass of inc_core.backend.Backend "
+            f"{describe(backend)} is not a subclass of inc_core.backend.Backend "
             f"(got {type(backend).__name__})"
         )
-    where = f"backend class {_describe(backend)}"
+    where = f"backend class {describe(backend)}"
     for attr in ("name", "package", "framework", "convention"):
         value = getattr(backend, attr, None)
         if not isinstance(value, str) or not value:
@@ -394,47 +376,18 @@ def served_devices(backend: type[Backend]) -> dict[str, tuple[str, ...]]:
     }
 
 
-def _load_entry_points() -> None:
-    global _loaded_entry_points
-    if _loaded_entry_points:
-        return
-    _loaded_entry_points = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _registered:
-            continue
-        try:
-            backend = ep.load()
-            _verify(backend)
-            if backend.name != ep.name:
-                raise TypeError(
-                    f"entry point {ep.name!r} = {ep.value!r} loads a backend named "
-                    f"{backend.name!r}; the two names must be the same"
-                )
-        except Exception as exc:  # a broken plugin must not take the others down
-            _skipped[ep.name] = _why(exc)
-            _skipped_errors[ep.name] = exc
-            log.warning("skipping backend %s: %s", ep.name, _skipped[ep.name])
-            continue
-        _registered[ep.name] = backend
-        _from_entry_points.add(ep.name)
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, ModuleNotFoundError) and exc.name:
-        return f"{exc.name} is not installed (ModuleNotFoundError: {exc})"
-    return f"{type(exc).__name__}: {exc}"
+#: the installed backends: hand-registered and loaded from the inc.backends entry points
+_plugins: PluginGroup[type[Backend]] = PluginGroup(ENTRY_POINT_GROUP, "backend", _verify, log)
 
 
 def available() -> dict[str, type[Backend]]:
     """Installed, loadable backends by name."""
-    _load_entry_points()
-    return dict(_registered)
+    return _plugins.available()
 
 
 def skipped() -> dict[str, str]:
     """Backends whose plugin failed to load, with why."""
-    _load_entry_points()
-    return dict(_skipped)
+    return _plugins.skipped_reasons()
 
 
 def _by_priority() -> list[type[Backend]]:
@@ -469,7 +422,7 @@ def backend_packages() -> dict[str, str]:
     packages = {plugin.name: plugin.package for plugin in first_party.FIRST_PARTY}
     for name, backend in available().items():
         packages[name] = backend.package
-    for name in _skipped:
+    for name in _plugins.skipped:
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
             dist = getattr(ep, "dist", None)
             if dist is not None and name not in packages:
@@ -502,10 +455,10 @@ def by_name(name: str) -> Backend:
     backends = available()
     if name in backends:
         return backends[name]()
-    if name in _skipped:
+    if name in _plugins.skipped:
         raise BackendNotAvailable(
-            f"backend {name!r} is installed but failed to load: {_skipped[name]}"
-        ) from _skipped_errors.get(name)
+            f"backend {name!r} is installed but failed to load: {_plugins.skipped[name]}"
+        ) from _plugins.errors.get(name)
     if name in first_party.BY_NAME:
         package = first_party.BY_NAME[name].package
         raise BackendNotAvailable(
@@ -560,7 +513,9 @@ def for_model(model: Any) -> Backend:
     hint = install_hint(model)
     installed = ", ".join(b.name for b in backends) or "none"
     suffix = f" Install the plugin for it: pip install {hint}" if hint else ""
-    failed = "".join(f" Backend {n!r} failed to load: {why}." for n, why in _skipped.items())
+    failed = "".join(
+        f" Backend {n!r} failed to load: {why}." for n, why in _plugins.skipped.items()
+    )
     raise ModelError(
         f"no installed inc backend accepts a model of type {kind}{where}; "
         f"installed backends: {installed}.{suffix}{failed}"

@@ -14,10 +14,10 @@ says why, and naming it in a config is an error carrying that reason.
 from __future__ import annotations
 
 import logging
-from importlib import metadata
 from typing import Any
 
 from ..errors import ConfigError, not_allowed
+from ..plugins import PluginGroup, describe
 from .auto import AutoStrategy
 from .base import Strategy
 from .basic import BasicStrategy
@@ -46,24 +46,15 @@ BUILTIN: tuple[type[Strategy], ...] = (
 )
 BUILTIN_NAMES: tuple[str, ...] = tuple(s.name for s in BUILTIN)
 
-_registered: dict[str, type[Strategy]] = {s.name: s for s in BUILTIN}
-_skipped: dict[str, str] = {}
-_from_entry_points: set[str] = set()
-_loaded_entry_points = False
-
-
-def _describe(cls: Any) -> str:
-    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', repr(cls))}"
-
 
 def _verify(cls: Any) -> None:
     """Check a strategy class against the contract; the message names the plugin and the problem."""
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise TypeError(
-            f"{_describe(cls)} is not a subclass of inc_core.strategy.Strategy "
+            f"{describe(cls)} is not a subclass of inc_core.strategy.Strategy "
             f"(got {type(cls).__name__})"
         )
-    where = f"strategy class {_describe(cls)}"
+    where = f"strategy class {describe(cls)}"
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise TypeError(
@@ -83,76 +74,47 @@ def _verify(cls: Any) -> None:
 def register(cls: type[Strategy]) -> type[Strategy]:
     """Register a strategy class by hand (entry points do this for installed plugins)."""
     _verify(cls)
-    if cls.name in BUILTIN_NAMES and _registered.get(cls.name) is not cls:
-        raise TypeError(f"strategy class {_describe(cls)}: {cls.name!r} is an inc strategy's name")
-    _registered[cls.name] = cls
+    if cls.name in BUILTIN_NAMES and _plugins.registered.get(cls.name) is not cls:
+        raise TypeError(f"strategy class {describe(cls)}: {cls.name!r} is an inc strategy's name")
+    _plugins.registered[cls.name] = cls
     return cls
 
 
 def unregister(name: str) -> None:
-    if name not in BUILTIN_NAMES:
-        _registered.pop(name, None)
-        _from_entry_points.discard(name)
+    _plugins.unregister(name)
 
 
 def reset() -> None:
     """Forget what the entry points gave, so the next lookup scans them again (tests, and
     after installing a plugin at run time). Strategies registered by hand stay."""
-    global _loaded_entry_points
-    for name in _from_entry_points:
-        _registered.pop(name, None)
-    _from_entry_points.clear()
-    _skipped.clear()
-    _loaded_entry_points = False
+    _plugins.reset()
 
 
-def _load_entry_points() -> None:
-    global _loaded_entry_points
-    if _loaded_entry_points:
-        return
-    _loaded_entry_points = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _registered:
-            if ep.name in BUILTIN_NAMES:
-                log.warning(
-                    "skipping strategy %s (%s): an inc strategy has that name", ep.name, ep.value
-                )
-            continue
-        try:
-            cls = ep.load()
-            _verify(cls)
-            if cls.name != ep.name:
-                raise TypeError(
-                    f"entry point {ep.name!r} = {ep.value!r} loads a strategy named "
-                    f"{cls.name!r}; the two names must be the same"
-                )
-        except Exception as exc:  # a broken plugin must not take the others down
-            _skipped[ep.name] = f"{type(exc).__name__}: {exc}"
-            log.warning("skipping strategy %s: %s", ep.name, _skipped[ep.name])
-            continue
-        _registered[ep.name] = cls
-        _from_entry_points.add(ep.name)
+#: inc's own strategies and the installed ones (entry points named like inc's are skipped)
+_plugins: PluginGroup[type[Strategy]] = PluginGroup(
+    ENTRY_POINT_GROUP, "strategy", _verify, log, {s.name: s for s in BUILTIN}
+)
 
 
 def available() -> dict[str, type[Strategy]]:
     """Every usable strategy by name: inc's own, then installed ones."""
-    _load_entry_points()
-    return dict(_registered)
+    return _plugins.available()
 
 
 def skipped() -> dict[str, str]:
     """Installed strategies whose plugin failed to load, with why."""
-    _load_entry_points()
-    return dict(_skipped)
+    return _plugins.skipped_reasons()
 
 
 def get(name: str) -> type[Strategy]:
     """The strategy class called ``name``; a ``ConfigError`` naming the allowed ones otherwise."""
-    if name in _registered:  # inc's own need no scan of the entry points
-        return _registered[name]
+    if name in _plugins.registered:  # inc's own need no scan of the entry points
+        return _plugins.registered[name]
     strategies = available()
     if name in strategies:
         return strategies[name]
-    if name in _skipped:
-        raise ConfigError(f"strategy={name!r} is installed but failed to load: {_skipped[name]}")
+    if name in _plugins.skipped:
+        raise ConfigError(
+            f"strategy={name!r} is installed but failed to load: {_plugins.skipped[name]}"
+        )
     raise not_allowed("strategy", name, tuple(strategies))
