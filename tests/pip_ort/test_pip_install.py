@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from importlib import metadata
@@ -26,7 +27,13 @@ def installed(distribution: str) -> bool:
 
 @pytest.fixture(autouse=True)
 def only_the_plain_install() -> None:
-    if not installed("inc-ort") or installed("torch"):
+    # tox runs this file only in its pip-ort env, a venv holding inc-core and inc-ort alone;
+    # there the install must be that plain (fail, never skip), and a `pytest tests/` run in a
+    # development venv with every framework has no plain install to check
+    plain = installed("inc-ort") and not installed("torch")
+    if os.environ.get("TOX_ENV_NAME") == "pip-ort":
+        assert plain, "tox -e pip-ort must hold inc-core and inc-ort alone (torch is installed)"
+    elif not plain:
         pytest.skip("this check runs in tox -e pip-ort (a venv with only inc-core and inc-ort)")
 
 
