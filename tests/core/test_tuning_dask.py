@@ -12,10 +12,7 @@ from typing import Any
 
 import pytest
 
-from inc_core import PostTrainingQuantConfig, TuningCriterion, quantization
-from inc_core.tuning import TuningError
-
-from .tuning_backend import PlanScore, calib_batches, toy_net
+from .tuning_backend import PlanScore, tune_toy
 
 distributed = pytest.importorskip(
     "distributed", reason="dask[distributed] is a test dependency of the core env (tox.ini)"
@@ -52,26 +49,6 @@ class KillsItsWorker:
         return SCORE(model)
 
 
-def run(strategy: str, eval_func: Any, workspace: Path, **kw: Any) -> Any:
-    conf = PostTrainingQuantConfig(
-        approach="static",
-        quant_level=1,
-        tuning_criterion=TuningCriterion(strategy=strategy, objective="accuracy", max_trials=25),
-    )
-    try:
-        return quantization.fit(
-            toy_net(outliers={"conv2": 30.0}),
-            conf,
-            calib_dataloader=calib_batches(),
-            eval_func=eval_func,
-            workspace=workspace,
-            **kw,
-        )
-    except TuningError as miss:  # exhaustive misses within 25 trials: compare the closest
-        assert miss.best is not None
-        return miss.best
-
-
 def table(q: Any) -> list[tuple[Any, ...]]:
     return [
         (r["phase"], tuple(r["which"]), r["accuracy"], r["status"], r["fp32_ops"])
@@ -81,19 +58,19 @@ def table(q: Any) -> list[tuple[Any, ...]]:
 
 @pytest.mark.parametrize("strategy", ["basic", "exhaustive"])
 def test_a_dask_cluster_gives_the_serial_result(client, tmp_path, strategy):
-    serial = run(strategy, SCORE, tmp_path / "serial")
-    on_cluster = run(strategy, SCORE, tmp_path / "dask", executor=client.get_executor())
+    serial = tune_toy(strategy, SCORE, tmp_path / "serial")
+    on_cluster = tune_toy(strategy, SCORE, tmp_path / "dask", executor=client.get_executor())
     assert on_cluster.plan == serial.plan
     assert table(on_cluster) == table(serial)
     assert on_cluster.report["tuning"]["chosen"] == serial.report["tuning"]["chosen"]
 
 
 def test_a_worker_killed_mid_trial_reruns_that_trial(client, tmp_path):
-    serial = run("basic", SCORE, tmp_path / "serial")
+    serial = tune_toy("basic", SCORE, tmp_path / "serial")
     assert any("conv2" in r["which"] for r in serial.report["tuning"]["trials"])
     workers = set(client.scheduler_info()["workers"])
     marker = tmp_path / "killed"
-    on_cluster = run(
+    on_cluster = tune_toy(
         "basic", KillsItsWorker(marker), tmp_path / "dask", executor=client.get_executor()
     )
     assert marker.exists(), "the doomed trial ran on a worker and killed it"

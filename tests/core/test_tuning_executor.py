@@ -8,11 +8,9 @@ from typing import Any
 
 import pytest
 
-from inc_core import PostTrainingQuantConfig, TuningCriterion, quantization
 from inc_core.errors import ConfigError
-from inc_core.tuning import TuningError
 
-from .tuning_backend import PlanScore, calib_batches, toy_net
+from .tuning_backend import PlanScore, tune_toy
 
 SCORE = PlanScore({"conv1": 0.004, "conv2": 0.03, "mm": 0.002, "add": 0.001}, {"kl": 0.5})
 
@@ -36,28 +34,6 @@ def pool() -> Iterator[ProcessPoolExecutor]:
         yield executor
 
 
-def run(strategy: str, eval_func: Any, workspace: Any, timeout: float = 0, **kw: Any):
-    conf = PostTrainingQuantConfig(
-        approach="static",
-        quant_level=1,
-        tuning_criterion=TuningCriterion(
-            strategy=strategy, objective="accuracy", max_trials=25, timeout=timeout
-        ),
-    )
-    try:
-        return quantization.fit(
-            toy_net(outliers={"conv2": 30.0}),
-            conf,
-            calib_dataloader=calib_batches(),
-            eval_func=eval_func,
-            workspace=workspace,
-            **kw,
-        )
-    except TuningError as miss:  # exhaustive misses within 25 trials: compare the closest
-        assert miss.best is not None
-        return miss.best
-
-
 def summary(q: Any) -> list[tuple[Any, ...]]:
     return [
         (r["phase"], tuple(r["which"]), r["accuracy"], r["status"])
@@ -70,38 +46,38 @@ def summary(q: Any) -> list[tuple[Any, ...]]:
     [("basic", 0), ("auto", 0), ("mse", 0), ("exhaustive", 0), ("random", 0), ("basic", 3600)],
 )
 def test_process_pool_gives_the_serial_result(tmp_path, pool, strategy, timeout):
-    serial = run(strategy, SCORE, tmp_path / "serial", timeout)
-    parallel = run(strategy, SCORE, tmp_path / "pool", timeout, executor=pool)
+    serial = tune_toy(strategy, SCORE, tmp_path / "serial", timeout)
+    parallel = tune_toy(strategy, SCORE, tmp_path / "pool", timeout, executor=pool)
     assert parallel.plan == serial.plan
     assert summary(parallel) == summary(serial)
     assert SCORE(parallel.model) == SCORE(serial.model)  # the returned model is rebuilt and works
 
 
 def test_thread_pool_gives_the_serial_result(tmp_path):
-    serial = run("basic", SCORE, tmp_path / "serial")
+    serial = tune_toy("basic", SCORE, tmp_path / "serial")
     with ThreadPoolExecutor(max_workers=3) as executor:
-        threaded = run("basic", SCORE, tmp_path / "threads", executor=executor)
+        threaded = tune_toy("basic", SCORE, tmp_path / "threads", executor=executor)
     assert summary(threaded) == summary(serial)
 
 
 def test_an_eval_func_error_in_a_worker_propagates(tmp_path, pool):
     with pytest.raises(WorkerFailure, match="mm in fp32"):
-        run("basic", fails_when_mm_is_float, tmp_path, executor=pool)
+        tune_toy("basic", fails_when_mm_is_float, tmp_path, executor=pool)
 
 
 def test_an_unpicklable_eval_func_is_a_config_error(tmp_path, pool):
     with pytest.raises(ConfigError, match="module-level function"):
-        run("basic", lambda model: SCORE(model), tmp_path, executor=pool)
+        tune_toy("basic", lambda model: SCORE(model), tmp_path, executor=pool)
 
 
 def test_killed_serially_and_resumed_on_a_pool_ends_with_the_same_choice(tmp_path, pool):
     from .test_tuning_resume import Counting
     from .tuning_backend import Killed
 
-    straight = run("basic", SCORE, tmp_path / "straight")
+    straight = tune_toy("basic", SCORE, tmp_path / "straight")
     with pytest.raises(Killed):
-        run("basic", Counting(SCORE, kill_at=5), tmp_path / "ws")
-    resumed = run(
+        tune_toy("basic", Counting(SCORE, kill_at=5), tmp_path / "ws")
+    resumed = tune_toy(
         "basic", Counting(SCORE), tmp_path / "ws", executor=pool, resume_from=tmp_path / "ws"
     )
     assert resumed.plan == straight.plan

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from inc_core import scheme
+from inc_core import PostTrainingQuantConfig, TuningCriterion, quantization, scheme
 from inc_core.backend import Backend
 from inc_core.space import OpCapability, OpInfo, QuantPlan, TensorOptions, TensorRange, TensorRanges
+from inc_core.tuning import TuningError
 
 CAPABILITY = {
     "Conv": OpCapability(
@@ -261,3 +262,28 @@ class KillAt:
         if self.calls == self.at:
             raise Killed(f"killed during evaluation {self.at}")
         return float(self.inner(model))
+
+
+def tune_toy(strategy: str, eval_func: Any, workspace: Any, timeout: float = 0, **kw: Any) -> Any:
+    """Tune the toy net (conv2 with outliers) at quant_level 1 for accuracy, 25 trials at most;
+    ``kw`` goes to ``fit`` (an executor, resume_from). Exhaustive misses the goal within 25
+    trials: its closest candidate (``TuningError.best``) is returned to compare."""
+    conf = PostTrainingQuantConfig(
+        approach="static",
+        quant_level=1,
+        tuning_criterion=TuningCriterion(
+            strategy=strategy, objective="accuracy", max_trials=25, timeout=timeout
+        ),
+    )
+    try:
+        return quantization.fit(
+            toy_net(outliers={"conv2": 30.0}),
+            conf,
+            calib_dataloader=calib_batches(),
+            eval_func=eval_func,
+            workspace=workspace,
+            **kw,
+        )
+    except TuningError as miss:
+        assert miss.best is not None
+        return miss.best
