@@ -37,7 +37,8 @@ def test_ops_are_the_quantizable_modules_by_qualified_name(cnn):
 
 def test_static_fx_int8_keeps_accuracy_and_the_user_model(cnn, digits, calib, cnn_accuracy):
     before = models.fingerprint(cnn)
-    q = quantization.fit(cnn, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib)
+    conf = PostTrainingQuantConfig(approach="static", guards=False)  # the plan, not the speed guard
+    q = quantization.fit(cnn, conf, calib_dataloader=calib)
     assert models.fingerprint(cnn) == before
     assert info_of(q.model).mode == "fx"
     assert isinstance(q.model.conv1, torch.ao.nn.intrinsic.quantized.ConvReLU2d)
@@ -165,7 +166,7 @@ def test_an_nn_flatten_between_int8_ops_stays_int8(digits):
 
 
 def test_dynamic_quantizes_linear_layers(cnn, digits, cnn_accuracy):
-    q = quantization.fit(cnn, PostTrainingQuantConfig(approach="dynamic"))
+    q = quantization.fit(cnn, PostTrainingQuantConfig(approach="dynamic", guards=False))
     assert q.plan.quantized_ops() == ["fc1", "fc2"]
     assert isinstance(q.model.fc1, torch.ao.nn.quantized.dynamic.Linear)
     assert type(q.model.conv1) is nn.Conv2d
@@ -238,7 +239,7 @@ def test_dynamic_lstm_and_gru(digits):
     torch.manual_seed(0)
     model = _Recurrent().eval()
     x = torch.from_numpy(digits.x_test[:32, 0])  # rows of each digit image as a sequence
-    q = quantization.fit(model, PostTrainingQuantConfig(approach="dynamic"))
+    q = quantization.fit(model, PostTrainingQuantConfig(approach="dynamic", guards=False))
     assert q.plan.quantized_ops() == ["lstm", "gru", "head"]
     assert isinstance(q.model.lstm, torch.ao.nn.quantized.dynamic.LSTM)
     assert isinstance(q.model.gru, torch.ao.nn.quantized.dynamic.GRU)
@@ -263,7 +264,8 @@ def test_untraceable_model_falls_back_to_eager_mode(digits):
 
 def test_calib_func_runs_the_prepared_model(cnn, digits, cnn_accuracy):
     x = torch.from_numpy(digits.x_train[:200])
-    q = quantization.fit(cnn, PostTrainingQuantConfig(approach="static"), calib_func=lambda m: m(x))
+    conf = PostTrainingQuantConfig(approach="static", guards=False)
+    q = quantization.fit(cnn, conf, calib_func=lambda m: m(x))
     assert set(q.plan.quantized_ops()) == {"conv1", "conv2", "fc1", "fc2"}
     _within_1pct(models.accuracy(q.model, digits), cnn_accuracy)
 
