@@ -22,6 +22,7 @@ from .errors import BackendNotAvailable, ConfigError, DataError, IncError, Model
 from .model import QuantizedModel
 from .rules import build_space, default_plan
 from .space import OpSpace, QuantPlan, TensorRanges
+from .weight_only import plan as weight_only_plan
 from .weight_only import support as weight_only
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,10 @@ class Session:
         return default_plan(self.spaces, self.conf)
 
     def ranges_for(self, plan: QuantPlan) -> TensorRanges:
-        """Calibrated ranges for the static ops of ``plan`` (computed once per algorithm mix)."""
+        """Calibrated ranges for the static ops of ``plan`` (computed once per algorithm mix);
+        for a weight-only plan, the GPTQ/AWQ ops' input statistics (``weight_only.stats``)."""
+        if weight_only_plan.is_weight_only(plan):
+            return self._weight_only_stats(plan)
         static = {
             n: op.activation.algorithm
             for n, op in plan.ops.items()
@@ -193,6 +197,28 @@ class Session:
                 raise ConfigError(
                     "static quantization needs calibration data: pass calib_dataloader (or calib_func), "
                     "or use PostTrainingQuantConfig(approach='dynamic')"
+                )
+        return self._ranges[key]
+
+    def _weight_only_stats(self, plan: QuantPlan) -> TensorRanges:
+        """RTN needs no calibration; GPTQ/AWQ ops get their inputs' statistics from the
+        backend's ``calibrate``, once per distinct (op, algorithm) need."""
+        needs = weight_only_plan.calibrated_ops(plan)
+        if not needs:
+            return {}
+        key = "weight_only " + repr(sorted(needs.items()))
+        if key not in self._ranges:
+            if self.calib_inputs is not None:
+                self._ranges[key] = self._calibrate(plan)
+            elif self.calib_func is not None:
+                self._ranges[key] = self.backend.calibrate_with_func(
+                    self.model, self.calib_func, plan
+                )
+            else:
+                algorithms = " and ".join(sorted(set(needs.values())))
+                raise ConfigError(
+                    f"algorithm {algorithms} reads calibration activations: pass "
+                    "calib_dataloader, or use algorithm 'RTN', which needs none"
                 )
         return self._ranges[key]
 
@@ -284,7 +310,17 @@ def prepare_session(
     else:
         approaches = (approach,)
     capabilities = {a: backend.capability(a, conf.device) for a in approaches}
-    spaces = build_space(ops, capabilities, conf, backend.op_type_aliases)
+    if approach == "weight_only":
+        spaces = weight_only_plan.build_space(ops, capabilities[approach], conf)
+    else:
+        spaces = build_space(ops, capabilities, conf, backend.op_type_aliases)
+    if approach == "weight_only" and not any(c.quantized for s in spaces for c in s.choices):
+        kinds = ", ".join(sorted(capabilities[approach])) or "none"
+        raise ConfigError(
+            f"approach='weight_only': no op of the model is left to quantize (ops whose weight "
+            f"{backend.framework} can quantize have types: {kinds}; op types in the model: "
+            f"{', '.join(sorted({op.type for op in ops}))}); remove a rule keeping ops in fp32"
+        )
     if not any(choice.quantized for s in spaces for choice in s.choices):
         types = ", ".join(sorted({op.type for op in ops}))
         rules = [key for key in ("op_type_dict", "op_name_dict") if getattr(conf, key, None)]

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-QUANTIZED_APPROACHES: tuple[str, ...] = ("static", "dynamic")
+#: approaches whose ops are quantized (``weight_only``: int weights, float activations)
+QUANTIZED_APPROACHES: tuple[str, ...] = ("static", "dynamic", "weight_only")
 FLOAT_DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 INT_DTYPES: tuple[str, ...] = ("int8", "uint8")
 ALL_DTYPES: tuple[str, ...] = INT_DTYPES + FLOAT_DTYPES
@@ -75,7 +76,8 @@ Capability = Mapping[str, OpCapability]
 
 @dataclass(frozen=True)
 class OpQuant:
-    """The resolved decision for one op: ``approach`` is static, dynamic or a float dtype."""
+    """The resolved decision for one op: ``approach`` is static, dynamic, weight_only (see
+    ``inc_core.weight_only.plan``) or a float dtype."""
 
     approach: str
     activation: TensorScheme | None = None

@@ -8,6 +8,10 @@ int4/int8 weight-packed matmuls):
 - ``rtn``: round to nearest, optional clip search on the weight error;
 - ``gptq``: row-by-row error compensation with the inputs' Hessian (``hessian``);
 - ``awq``: per-input-channel scales from activation magnitudes, folded into the producer.
+
+How ``fit`` runs ``approach="weight_only"`` and what a backend implements for it: ``plan``
+(the contract), ``stats`` (calibration activations for GPTQ/AWQ), ``run`` (one op's weights
+through its algorithm), ``summary`` (the report).
 """
 
 from __future__ import annotations
@@ -15,23 +19,46 @@ from __future__ import annotations
 from .awq import AwqResult, AwqScale, awq, search_clip, search_scale
 from .gptq import HessianAccumulator, gptq, hessian
 from .groupwise import QuantizedWeight, dequantize, fake_quantize, quantize
-from .plan import WeightOnlyScheme, op_choices
+from .plan import (
+    WeightOnlyScheme,
+    build_space,
+    calibrated_ops,
+    op_choices,
+    op_quant,
+    recipe_args,
+    scheme_of,
+    schemes,
+    weight_options,
+)
 from .rtn import rtn
+from .run import WeightResult, quantize_weights
+from .stats import InputStats, InputStatsCollector
 
 __all__ = [
     "AwqResult",
     "AwqScale",
     "HessianAccumulator",
+    "InputStats",
+    "InputStatsCollector",
     "QuantizedWeight",
     "WeightOnlyScheme",
+    "WeightResult",
     "awq",
+    "build_space",
+    "calibrated_ops",
     "dequantize",
     "fake_quantize",
     "gptq",
     "hessian",
     "op_choices",
+    "op_quant",
     "quantize",
+    "quantize_weights",
+    "recipe_args",
     "rtn",
+    "scheme_of",
+    "schemes",
     "search_clip",
     "search_scale",
+    "weight_options",
 ]

@@ -1,0 +1,112 @@
+"""Calibration statistics of a weight op's inputs, for GPTQ (Hessian) and AWQ (sample rows).
+
+A backend's ``calibrate`` for a weight-only plan feeds each calibrated op's input activations,
+batch by batch, to ``InputStatsCollector`` and returns its ``result()``: per op an
+``InputStats``, which is a ``TensorRange`` of the input (so it travels as the ``ranges`` of
+``Backend.quantize`` unchanged) carrying what the op's algorithm reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..space import QuantPlan, TensorRange
+from .gptq import HessianAccumulator
+from .plan import calibrated_ops
+
+#: AWQ's searches run on at most this many input rows per op (spread evenly over the data):
+#: their cost grows with rows x K x N per grid point
+MAX_ROWS = 512
+
+
+@dataclass(frozen=True)
+class InputStats(TensorRange):
+    """The input of one weight op over the calibration data."""
+
+    #: ``2 X^T X / n`` float64 ``(K, K)`` (GPTQ), or None when no GPTQ choice needs it
+    hessian: np.ndarray | None = None
+    #: float32 ``(rows, K)``, at most ``MAX_ROWS`` (AWQ), or None
+    rows: np.ndarray | None = None
+    #: input rows seen (tokens x batch)
+    samples: int = 0
+
+
+class InputStatsCollector:
+    """Accumulates ``InputStats`` per op: ``needs`` maps op name -> algorithm(s) it reads for."""
+
+    def __init__(
+        self, needs: Mapping[str, str | tuple[str, ...]], max_rows: int = MAX_ROWS
+    ) -> None:
+        self.needs = {op: (a,) if isinstance(a, str) else tuple(a) for op, a in needs.items()}
+        self.max_rows = max_rows
+        self._hessian: dict[str, HessianAccumulator] = {}
+        self._rows: dict[str, list[np.ndarray]] = {}
+        self._lo: dict[str, np.ndarray] = {}
+        self._hi: dict[str, np.ndarray] = {}
+        self._count: dict[str, int] = {}
+
+    @classmethod
+    def for_plan(cls, plan: QuantPlan, max_rows: int = MAX_ROWS) -> InputStatsCollector:
+        return cls(calibrated_ops(plan), max_rows)
+
+    @property
+    def ops(self) -> list[str]:
+        """The ops whose inputs the backend must feed."""
+        return list(self.needs)
+
+    def add(self, op: str, x: Any) -> None:
+        """One batch of ``op``'s input, ``(..., K)`` (any leading axes: batch, tokens)."""
+        array = np.asarray(x, dtype=np.float32)
+        if array.ndim < 1 or array.size == 0:
+            raise ValueError(f"input of {op!r} must be (..., K) with K > 0, got {array.shape}")
+        rows = array.reshape(-1, array.shape[-1])
+        if not np.isfinite(rows).all():
+            raise ValueError(f"the calibration input of op {op!r} holds NaN or inf")
+        lo, hi = rows.min(axis=0), rows.max(axis=0)
+        self._lo[op] = np.minimum(self._lo[op], lo) if op in self._lo else lo
+        self._hi[op] = np.maximum(self._hi[op], hi) if op in self._hi else hi
+        self._count[op] = self._count.get(op, 0) + rows.shape[0]
+        if "GPTQ" in self.needs.get(op, ()):
+            self._hessian.setdefault(op, HessianAccumulator()).add(rows)
+        if "AWQ" in self.needs.get(op, ()):
+            self._rows.setdefault(op, []).append(rows.copy())
+            self._shrink(op)
+
+    def _shrink(self, op: str) -> None:
+        """Keep at most ``2 * max_rows`` rows between batches (evenly thinned), ``max_rows``
+        at the end: memory stays bounded whatever the data size."""
+        held = self._rows[op]
+        total = sum(r.shape[0] for r in held)
+        if total > 2 * self.max_rows:
+            self._rows[op] = [_thin(np.concatenate(held), self.max_rows)]
+
+    def result(self) -> dict[str, InputStats]:
+        missing = [op for op in self.needs if op not in self._count]
+        if missing:
+            raise ValueError(f"no calibration input was fed for op(s): {', '.join(missing)}")
+        out = {}
+        for op in self.needs:
+            rows = None
+            if op in self._rows:
+                rows = _thin(np.concatenate(self._rows[op]), self.max_rows)
+            hess = self._hessian[op].value if op in self._hessian else None
+            out[op] = InputStats(
+                np.asarray(self._lo[op], dtype=np.float64),
+                np.asarray(self._hi[op], dtype=np.float64),
+                hessian=hess,
+                rows=rows,
+                samples=self._count[op],
+            )
+        return out
+
+
+def _thin(rows: np.ndarray, limit: int) -> np.ndarray:
+    if rows.shape[0] <= limit:
+        return rows
+    keep = np.linspace(0, rows.shape[0] - 1, limit).round().astype(int)
+    thinned: np.ndarray = rows[keep]
+    return thinned
