@@ -166,12 +166,43 @@ def test_kernel_groups_name_convs_with_few_products_per_output_first():
     groups = kernels.kernel_groups(_lcnet_like())
     few = f"Conv (< {kernels.FEW_PRODUCTS} products per output)"
     # products per output: stem 27, dw3 9, pw16 16, dw5 25, pw32 32, pw64 64; dw3 is below
-    # graph.MIN_REDUCTION, never listed (always fp32), so no group names it
+    # graph.MIN_REDUCTION but listed as a depthwise conv
     assert groups == {
-        few: ["stem", "pw16", "dw5", "pw32"],
-        "Conv (depthwise)": ["dw5"],
+        few: ["stem", "dw3", "pw16", "dw5", "pw32"],
+        "Conv (depthwise)": ["dw3", "dw5"],
     }
     assert next(iter(groups)) == few  # the speed guard tries it first
+
+
+def test_depthwise_convs_are_listed_whatever_their_k_but_not_a_small_dense_conv():
+    model = _lcnet_like()
+    # a dense 1x1 conv over 8 channels (K = 8 < graph.MIN_REDUCTION) after the last conv
+    w = np.full((8, 128, 1, 1), 0.01, np.float32)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(w, "narrow.w"))
+    model.graph.initializer.append(
+        onnx.numpy_helper.from_array(np.full((4, 8, 1, 1), 0.1, np.float32), "k8.w")
+    )
+    model.graph.node.extend(
+        [
+            onnx.helper.make_node("Conv", ["pw64", "narrow.w"], ["narrow"], name="narrow"),
+            onnx.helper.make_node("Conv", ["narrow", "k8.w"], ["k8"], name="k8"),
+        ]
+    )
+    model.graph.output[0].CopyFrom(
+        onnx.helper.make_tensor_value_info("k8", onnx.TensorProto.FLOAT, [1, 4, 16, 16])
+    )
+    backend = registry.by_name("onnxrt")
+    listed = [op.name for op in backend.ops(backend.load_model(model, PostTrainingQuantConfig()))]
+    assert listed == ["stem", "dw3", "pw16", "dw5", "pw32", "pw64", "narrow"]
+
+
+def test_a_depthwise_separable_chain_runs_int8_from_end_to_end():
+    rng = np.random.default_rng(2)
+    batches = [rng.standard_normal((1, 3, 16, 16)).astype(np.float32) for _ in range(3)]
+    conf = PostTrainingQuantConfig(approach="static", guards=False)
+    q = quantization.fit(_lcnet_like(), conf, calib_dataloader=batches)
+    assert {"dw3", "dw5"} <= set(q.plan.quantized_ops())
+    assert _int8_ops_not_running_int8(q) == {}
 
 
 def test_the_backends_kernel_groups_are_ops_users_can_name():

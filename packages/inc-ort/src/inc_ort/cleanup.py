@@ -154,3 +154,176 @@ def _float_dequantize(
         )
     )
     return nodes
+
+
+def int8_gates(model: onnx.ModelProto) -> list[str]:
+    """Run a hard-sigmoid gate between int8 tensors as onnxruntime int8 kernels, in place.
+
+    onnxruntime has no int8 HardSigmoid (nor HardSwish, which it runs as HardSigmoid + Mul), so
+    in a QDQ graph ``DQ -> HardSigmoid -> Mul -> Q`` stays fp32: two DequantizeLinear, the
+    HardSigmoid, the Mul and a QuantizeLinear on every activation, and in a PP-LCNet or
+    MobileNetV3 a layout change on each side of every conv's int8 kernel. But
+    ``HardSigmoid(x) = clip(alpha * x + beta, 0, 1)`` is ``x + beta / alpha`` quantized with
+    scale ``1 / (alpha * 255)`` and zero point 0 -- uint8 saturation is the clip -- read back
+    with scale ``1 / 255``. Written as ``DQ -> Add(beta / alpha) -> Q -> DQ``, onnxruntime fuses
+    it into QLinearAdd and the Mul into QLinearMul: the int8 chain runs through the activation
+    in NHWC. The gate is rounded to 1/255 (the product is quantized after it anyway).
+
+    Only where onnxruntime fuses both on x86: uint8 per-tensor DQs in, a HardSigmoid with
+    alpha > 0 and beta > 0 read only by a Mul whose other input is such a DQ too, and whose
+    output is quantized (read by QuantizeLinear only, or by one data-movement op whose output
+    is: the Q/DQ is then copied before that op, as onnxruntime's own Q propagation would).
+    Returns the HardSigmoid nodes rewritten.
+    """
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    inits = {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    changed: list[str] = []
+    for node in list(graph.node):
+        if node.op_type != "HardSigmoid" or node.domain not in ("", "ai.onnx"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+        readers = consumers.get(node.output[0], [])
+        if alpha <= 0 or beta <= 0 or len(readers) != 1 or node.output[0] in outputs:
+            continue
+        mul = readers[0]
+        if mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx") or len(mul.input) != 2:
+            continue
+        other = mul.input[1] if mul.input[0] == node.output[0] else mul.input[0]
+        if not (
+            _uint8_dq(producers.get(node.input[0]), inits)
+            and _uint8_dq(producers.get(other), inits)
+        ):
+            continue
+        after = _output_q(mul, consumers, inits, outputs)
+        if after is None:
+            continue
+        prefix = f"{node.name}_inc_int8_gate"
+        # each new node goes where the node it serves was: the graph stays in order
+        _insert(graph, node, _gate_nodes(graph, node.input[0], node.output[0], alpha, beta, prefix))
+        graph.node.remove(node)
+        if after.op_type != "QuantizeLinear":  # a data-movement op, then Q: quantize before it
+            _insert(graph, after, _requantized(mul, after, consumers, prefix))
+        changed.append(node.name)
+    return changed
+
+
+def _insert(graph: onnx.GraphProto, before: onnx.NodeProto, nodes: list[onnx.NodeProto]) -> None:
+    at = list(graph.node).index(before)
+    for offset, new in enumerate(nodes):
+        graph.node.insert(at + offset, new)
+
+
+def _uint8_dq(node: onnx.NodeProto | None, inits: dict[str, onnx.TensorProto]) -> bool:
+    """A per-tensor DequantizeLinear of a uint8 activation."""
+    if node is None or node.op_type != "DequantizeLinear" or node.input[0] in inits:
+        return False
+    scale = inits.get(node.input[1])
+    zero_point = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    return (
+        scale is not None
+        and zero_point is not None
+        and zero_point.data_type == onnx.TensorProto.UINT8
+        and int(np.prod(scale.dims)) == 1
+    )
+
+
+def _output_q(
+    mul: onnx.NodeProto,
+    consumers: dict[str, list[onnx.NodeProto]],
+    inits: dict[str, onnx.TensorProto],
+    outputs: set[str],
+) -> onnx.NodeProto | None:
+    """The QuantizeLinear that quantizes the Mul's output, or the data-movement op between
+    them; None when the output is read in float."""
+    readers = consumers.get(mul.output[0], [])
+    if not readers or mul.output[0] in outputs:
+        return None
+    if all(_uint8_q(r, inits) for r in readers):
+        return readers[0]
+    if len(readers) != 1 or readers[0].op_type not in graphs.FOLLOW_OPS:
+        return None
+    follow = readers[0]
+    after = consumers.get(follow.output[0], []) if follow.output else []
+    if not after or follow.output[0] in outputs or not all(_uint8_q(r, inits) for r in after):
+        return None
+    return follow
+
+
+def _uint8_q(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
+    if node.op_type != "QuantizeLinear" or len(node.input) < 3:
+        return False
+    zero_point, scale = inits.get(node.input[2]), inits.get(node.input[1])
+    return (
+        zero_point is not None
+        and scale is not None
+        and zero_point.data_type == onnx.TensorProto.UINT8
+        and int(np.prod(scale.dims)) == 1
+    )
+
+
+def _gate_nodes(
+    graph: onnx.GraphProto, x: str, gate: str, alpha: float, beta: float, prefix: str
+) -> list[onnx.NodeProto]:
+    """``gate = clip(alpha * x + beta, 0, 1)`` as ``DQ(x) + beta/alpha -> Q -> DQ`` (uint8)."""
+    shift = beta / alpha
+    helper, from_array = onnx.helper, onnx.numpy_helper.from_array
+    graph.initializer.extend(
+        [
+            # beta / alpha as a quantized constant, exact at 255 (QLinearAdd wants both int8)
+            from_array(np.array(255, dtype=np.uint8), f"{prefix}_shift_quantized"),
+            from_array(np.array(shift / 255.0, dtype=np.float32), f"{prefix}_shift_scale"),
+            from_array(np.array(0, dtype=np.uint8), f"{prefix}_zero_point"),
+            from_array(np.array(1.0 / (alpha * 255.0), dtype=np.float32), f"{prefix}_sum_scale"),
+            from_array(np.array(1.0 / 255.0, dtype=np.float32), f"{prefix}_gate_scale"),
+        ]
+    )
+    zero = f"{prefix}_zero_point"
+    return [
+        helper.make_node(
+            "DequantizeLinear",
+            [f"{prefix}_shift_quantized", f"{prefix}_shift_scale", zero],
+            [f"{prefix}_shift"],
+            name=f"{prefix}_shift",
+        ),
+        helper.make_node("Add", [x, f"{prefix}_shift"], [f"{prefix}_sum"], name=f"{prefix}_add"),
+        helper.make_node(
+            "QuantizeLinear",
+            [f"{prefix}_sum", f"{prefix}_sum_scale", zero],
+            [f"{prefix}_sum_quantized"],
+            name=f"{prefix}_clip",
+        ),
+        helper.make_node(
+            "DequantizeLinear",
+            [f"{prefix}_sum_quantized", f"{prefix}_gate_scale", zero],
+            [gate],
+            name=f"{prefix}_gate",
+        ),
+    ]
+
+
+def _requantized(
+    mul: onnx.NodeProto,
+    follow: onnx.NodeProto,
+    consumers: dict[str, list[onnx.NodeProto]],
+    prefix: str,
+) -> list[onnx.NodeProto]:
+    """A Q/DQ pair between ``mul`` and the data-movement op after it, with the parameters of
+    the Q after that op (a MaxPool, Reshape, ... keeps the range)."""
+    q = consumers[follow.output[0]][0]
+    quantized, value = f"{prefix}_product_quantized", f"{prefix}_product"
+    index = list(follow.input).index(mul.output[0])
+    follow.input[index] = value
+    helper = onnx.helper
+    return [
+        helper.make_node(
+            "QuantizeLinear", [mul.output[0], *q.input[1:]], [quantized], name=quantized
+        ),
+        helper.make_node("DequantizeLinear", [quantized, *q.input[1:]], [value], name=value),
+    ]

