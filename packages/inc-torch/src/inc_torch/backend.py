@@ -23,6 +23,7 @@ from inc_core import timing
 from inc_core.backend import Backend
 from inc_core.errors import BackendNotAvailable, DataError, DeviceNotAvailable, ModelError
 from inc_core.space import Capability, OpInfo, QuantPlan, TensorRanges
+from inc_core.weight_only.plan import is_weight_only
 
 from .aliases import OP_TYPE_ALIASES
 
@@ -44,10 +45,13 @@ class TorchBackend(Backend):
     op_type_aliases: ClassVar = OP_TYPE_ALIASES
     priority = 10
     supports_qat = True
+    #: ``nn.Linear`` (and transformers' GPT-2 ``Conv1D``) as ``weight_only.WeightOnlyLinear``
+    supports_weight_only = True
 
     def __init__(self) -> None:
         self._config_backend = "default"
         self._example_inputs: tuple[Any, ...] | None = None
+        self._approach = "static"
 
     @classmethod
     def accepts(cls, model: Any) -> bool:
@@ -70,6 +74,7 @@ class TorchBackend(Backend):
         from .qconfig import ENGINES
 
         self._config_backend = conf.backend
+        self._approach = conf.approach
         example = getattr(conf, "example_inputs", None)
         self._example_inputs = example_args(example) if example is not None else None
         if conf.device == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
@@ -78,7 +83,11 @@ class TorchBackend(Backend):
                 f"{torch.__version__} here; use device='cpu' (allowed for backend={conf.backend!r}: 'cpu', 'xpu')"
             )
         qengine = ENGINES[conf.backend][0]
-        if qengine not in torch.backends.quantized.supported_engines:
+        # weight-only layers run on float kernels: no quantized engine needed
+        if (
+            conf.approach != "weight_only"
+            and qengine not in torch.backends.quantized.supported_engines
+        ):
             raise BackendNotAvailable(
                 f"backend={conf.backend!r} needs torch's {qengine!r} quantized engine, which this "
                 f"torch build lacks; available: {', '.join(torch.backends.quantized.supported_engines)}"
@@ -111,6 +120,10 @@ class TorchBackend(Backend):
     def ops(self, model: nn.Module) -> list[OpInfo]:
         from . import _ops
 
+        if self._approach == "weight_only":
+            from .weight_only import model as weight_only
+
+            return weight_only.weight_ops(model)
         return _ops.quantizable_ops(model)
 
     def capability(self, approach: str, device: str) -> Capability:
@@ -129,6 +142,11 @@ class TorchBackend(Backend):
         batches = list(dataloader)
         if not batches:
             raise DataError("calib_dataloader yielded no samples; give it at least one batch")
+        if is_weight_only(plan):  # GPTQ/AWQ read their ops' inputs, nothing is observed
+            from .weight_only import model as weight_only
+
+            _check_runs(model, batches[0], "calib_dataloader")
+            return weight_only.collect_stats(model, plan, weight_only.calibration_run(batches))
         example = self._example_inputs or example_args(batches[0])
         _check_runs(model, batches[0], "calib_dataloader")
         settings = Settings.of(plan)
@@ -154,6 +172,10 @@ class TorchBackend(Backend):
         from . import static
         from .qconfig import Settings, quantized_engine
 
+        if is_weight_only(plan):
+            from .weight_only import model as weight_only
+
+            return weight_only.collect_stats(model, plan, calib_func)
         settings = Settings.of(plan)
         with quantized_engine(settings.qengine):
             prepared = static.prepare(
@@ -166,6 +188,12 @@ class TorchBackend(Backend):
     def quantize(self, model: nn.Module, plan: QuantPlan, ranges: TensorRanges) -> nn.Module:
         from . import build, smooth_quant
 
+        if is_weight_only(plan):
+            from .info import QuantInfo, attach
+            from .weight_only import model as weight_only
+
+            info = QuantInfo(plan=plan, mode="weight_only", example_inputs=self._example_inputs)
+            return attach(weight_only.quantize(model, plan, ranges), info)
         scales, ranges = smooth_quant.from_ranges(ranges)
         return build.quantize(
             model, plan, ranges, example_inputs=self._example_inputs, smooth=scales or None

@@ -44,5 +44,25 @@ def dynamic(backend: str) -> dict[str, OpCapability]:
     return caps
 
 
+#: group sizes offered besides -1 (one group per output): the kernel takes any, and pads ``K``
+#: to whole groups; INC 2.x's users ask for powers of two
+GROUP_SIZES: tuple[int, ...] = (-1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def weight_only() -> dict[str, OpCapability]:
+    """Weight-only layers (``inc_torch.weight_only``): 2-8 bits (4 and 8 fast), sym/asym,
+    RTN/GPTQ/AWQ; activations stay float."""
+    from inc_core.weight_only import weight_options
+    from inc_core.weight_only.options import BITS
+    from inc_core.weight_only.plan import WEIGHT_ONLY_ACTIVATION
+
+    from .weight_only.model import OP_TYPES
+
+    options = weight_options(BITS, GROUP_SIZES)
+    return {t: OpCapability(WEIGHT_ONLY_ACTIVATION, options) for t in OP_TYPES}
+
+
 def for_approach(approach: str, backend: str) -> dict[str, OpCapability]:
+    if approach == "weight_only":
+        return weight_only()
     return static(backend) if approach == "static" else dynamic(backend)

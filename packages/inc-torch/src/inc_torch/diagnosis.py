@@ -22,6 +22,7 @@ from . import frozen, fusion
 from ._data import call
 from .info import info_of
 from .qconfig import Settings, quantized_engine
+from .weight_only.linear import WeightOnlyLinear
 
 
 def op_outputs(
@@ -80,6 +81,8 @@ def runs_as(model: nn.Module) -> dict[str, str]:
 def _describe(module: nn.Module, engine: str) -> str:
     if isinstance(module, QuantWrapper):
         module = module.module
+    if isinstance(module, WeightOnlyLinear):
+        return f"WeightOnlyLinear (int{module.bits} g{module.group_size}, {module.kernel})"
     kind = _int8_kind(module)
     if kind:
         return f"{module._get_name()} ({kind}, {engine})"

@@ -6,6 +6,11 @@ when the model can be traced, ``model.ts`` (a TorchScript archive: code-free, lo
 the Python class). Loading with ``model=FreshFp32Model()`` rebuilds the int8 structure on that
 model with the saved plan and loads the int8 state dict into it; without ``model=`` the
 TorchScript archive is loaded.
+
+Weight-only models (``approach="weight_only"``) keep their integers, scales and zero points as
+plain uint8/float32 tensors in the same state dict (safetensors-compatible: no packed
+objects); they load onto the fp32 model only (their kernel is compiled at run time, which
+TorchScript cannot hold).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ log = logging.getLogger(__name__)
 WEIGHTS = "weights.pt"
 META = "torch.json"
 SCRIPT = "model.ts"
+WEIGHT_ONLY_SCRIPT = "weight-only layers run a kernel compiled at run time; none is written"
 
 
 def save(model: nn.Module, directory: Path) -> list[str]:
@@ -42,7 +48,11 @@ def save(model: nn.Module, directory: Path) -> list[str]:
     torch.save(model.state_dict(), directory / WEIGHTS)
     meta = info.to_dict()
     files = [WEIGHTS, META]
-    script_error = _save_script(model, info, directory / SCRIPT)
+    script_error = (
+        WEIGHT_ONLY_SCRIPT
+        if info.mode == "weight_only"
+        else _save_script(model, info, directory / SCRIPT)
+    )
     if script_error is None:
         files.append(SCRIPT)
     else:
@@ -110,6 +120,12 @@ def _check_architecture(model: nn.Module, info: QuantInfo) -> None:
 
 def rebuild(model: nn.Module, info: QuantInfo) -> nn.Module:
     """The int8 structure of ``info`` on a copy of ``model`` (weights still to be loaded)."""
+    if info.mode == "weight_only":
+        from inc_core.weight_only import schemes
+
+        from .weight_only import model as weight_only
+
+        return attach(weight_only.rebuild(model, schemes(info.plan)), info)
     if info.qat:
         from . import qat
 
