@@ -162,16 +162,15 @@ def _lcnet_like() -> onnx.ModelProto:
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
 
 
-def test_kernel_groups_name_convs_with_few_products_per_output_first():
+def test_kernel_groups_name_the_stem_then_depthwise_then_few_products_one_group_each():
     groups = kernels.kernel_groups(_lcnet_like())
-    few = f"Conv (< {kernels.FEW_PRODUCTS} products per output)"
-    # products per output: stem 27, dw3 9, pw16 16, dw5 25, pw32 32, pw64 64; dw3 is below
-    # graph.MIN_REDUCTION but listed as a depthwise conv
-    assert groups == {
-        few: ["stem", "dw3", "pw16", "dw5", "pw32"],
-        "Conv (depthwise)": ["dw3", "dw5"],
-    }
-    assert next(iter(groups)) == few  # the speed guard tries it first
+    # products per output: stem 27 (3 input channels), dw3 9, pw16 16, dw5 25, pw32 32, pw64
+    # 64; dw3 is below graph.MIN_REDUCTION but listed as a depthwise conv
+    assert list(groups.items()) == [  # the order the speed guard tries them in
+        (f"Conv (< {kernels.FEW_CHANNELS} input channels)", ["stem"]),
+        ("Conv (depthwise)", ["dw3", "dw5"]),
+        (f"Conv (< {kernels.FEW_PRODUCTS} products per output)", ["pw16", "pw32"]),
+    ]
 
 
 def test_depthwise_convs_are_listed_whatever_their_k_but_not_a_small_dense_conv():

