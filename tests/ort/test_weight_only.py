@@ -175,8 +175,8 @@ def test_a_shared_weight_is_quantized_once_and_a_graph_input_weight_is_left_alon
         (WeightOnlyScheme(4, 24, "sym", "RTN"), r"group_size=24 .*power of two from 16"),
         (WeightOnlyScheme(4, 8, "sym", "RTN"), r"group_size=8 .*allowed: 16, 32, 64"),
         (WeightOnlyScheme(3, 32, "sym", "RTN"), r"bits=3 .*allowed for backend 'onnxrt': 2, 4, 8"),
-        (WeightOnlyScheme(4, 32, "sym", "GPTQ"), r"'GPTQ' is not yet available .*'onnxrt'"),
-        (WeightOnlyScheme(4, 32, "sym", "AWQ"), r"'AWQ' is not yet available"),
+        (WeightOnlyScheme(4, 32, "sym", "GPTQ"), r"'GPTQ' \(op 'fc0'\) reads calibration"),
+        (WeightOnlyScheme(4, 32, "sym", "AWQ"), r"'AWQ' \(op 'fc0'\) reads calibration"),
     ],
 )
 def test_settings_without_a_kernel_are_config_errors_and_change_nothing(setting, message):

@@ -31,6 +31,7 @@ from inc_core.space import (
     TensorOptions,
     TensorRanges,
 )
+from inc_core.weight_only.plan import is_weight_only
 
 from ._lazy import Lazy
 from .aliases import GENERIC_ALIASES
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     import onnx
 
     from . import cleanup, graph, kernels, model_io, planner, providers, recipes
+    from . import weight_only as woq
     from ._runtime import check_supported, ort
     from .calibrate import collect_ranges, tensors_to_observe
     from .calibrate import session as exposing_session
@@ -53,6 +55,7 @@ else:
     planner = Lazy("inc_ort.planner")
     providers = Lazy("inc_ort.providers")
     recipes = Lazy("inc_ort.recipes")
+    woq = Lazy("inc_ort.weight_only")
     check_supported = Lazy("inc_ort._runtime", "check_supported")
     onnx = Lazy("inc_ort._runtime", "onnx")
     ort = Lazy("inc_ort._runtime", "ort")
@@ -111,17 +114,22 @@ class OrtBackend(Backend):
     )
     op_type_aliases: ClassVar[dict[str, tuple[str, ...]]] = GENERIC_ALIASES
     priority = 50
+    #: MatMul -> com.microsoft::MatMulNBits (inc_ort.weight_only)
+    supports_weight_only = True
 
     def __init__(self) -> None:
         self.config_backend = "default"
+        #: the run's approach (check_config): weight_only lists and builds MatMulNBits
+        self.approach = "auto"
         self._sessions: dict[int, _Cached] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # InferenceSessions do not pickle; a process pool gets the backend without them.
-        return {"config_backend": self.config_backend}
+        return {"config_backend": self.config_backend, "approach": self.approach}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.config_backend = state["config_backend"]
+        self.approach = state.get("approach", "auto")
         self._sessions = {}
 
     # ------------------------------------------------------------------ model in
@@ -142,6 +150,7 @@ class OrtBackend(Backend):
         check_supported()
         providers.check_provider(conf.backend)
         self.config_backend = conf.backend
+        self.approach = conf.approach
         if conf.backend == "onnxrt_trt_ep" and conf.quant_format == "QOperator":
             raise ConfigError(
                 "backend='onnxrt_trt_ep' runs QDQ models only; use quant_format='QDQ' or 'default'"
@@ -150,14 +159,22 @@ class OrtBackend(Backend):
     def load_model(self, model: Any, conf: Any) -> onnx.ModelProto:
         proto = model_io.load(model)
         model_io.check(proto, str(model) if isinstance(model, (str, Path)) else "the ModelProto")
+        if getattr(conf, "approach", None) == "weight_only":
+            # MatMulNBits replaces MatMuls as the user's graph has them (no fusion into Gemm)
+            graph.ensure_names(proto)
+            return graph.gemm_to_matmul(proto)
         proto = graph.with_quantizable_opset(proto)
         recipe = dict(getattr(conf, "recipes", {}) or {})
         return prepare(proto, recipe)
 
     def ops(self, model: onnx.ModelProto) -> list[OpInfo]:
+        if self.approach == "weight_only":
+            return woq.ops(model)
         return [OpInfo(node.name, node.op_type) for node in graph.listed_nodes(model)]
 
     def capability(self, approach: str, device: str) -> dict[str, OpCapability]:
+        if approach == "weight_only":
+            return woq.capability()
         if approach == "dynamic":
             return {t: OpCapability(_DYNAMIC_ACTIVATION, _MATMUL_WEIGHT) for t in graph.DYNAMIC_OPS}
         activation = _ACTIVATION_TRT if self.config_backend == "onnxrt_trt_ep" else _ACTIVATION
@@ -173,6 +190,8 @@ class OrtBackend(Backend):
         data = list(dataloader)
         if not data:
             raise DataError("calib_dataloader yielded no samples; give it at least one batch")
+        if is_weight_only(plan):
+            return woq.calibrate(model, data, plan)
         extra: TensorRanges = {}
         if plan.recipes.get("smooth_quant"):
             extra = recipes.smooth_quant_scales(model, data, plan)
@@ -201,6 +220,8 @@ class OrtBackend(Backend):
     def quantize(
         self, model: onnx.ModelProto, plan: QuantPlan, ranges: TensorRanges
     ) -> onnx.ModelProto:
+        if is_weight_only(plan):
+            return finish(woq.quantize_plan(model, plan, ranges)[0], model)
         work = onnx.ModelProto()
         work.CopyFrom(model)
         if plan.recipes.get("smooth_quant"):
@@ -240,6 +261,8 @@ class OrtBackend(Backend):
 
     def effective_plan(self, model: onnx.ModelProto, plan: QuantPlan) -> QuantPlan:
         """``plan`` with the ops that first/last/pre_post recipes keep in fp32 shown as fp32."""
+        if is_weight_only(plan):
+            return plan  # weight_only.quantize_plan builds exactly the plan's ops
         nodes = planner.split_nodes(model, plan)
         floats = {
             name: OpQuant.float("fp32")

@@ -11,13 +11,17 @@ The math is inc-core's (``inc_core.weight_only``: groups along ``K`` of ``B`` ``
 - ``zero_points``: uint8 ``[N * ceil(n_blocks * bits / 8)]`` packed the same way per column;
   omitted for ``sym``, whose zero point ``2**(bits - 1)`` is the kernel's default.
 
+GPTQ and AWQ read the statistics of each MatMul's input ``A`` that ``calibrate`` collects;
+AWQ's input scale is folded into a LayerNormalization producing ``A`` when nothing else reads
+it, else applied by a ``Mul``. ``accuracy_level`` is measured (``accuracy_level``).
+
 Only the top-level graph's float32 ``MatMul`` nodes whose ``B`` is a 2-D initializer (not also
 a graph input, which a user could override) are replaced; every other node is left as it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,16 +30,29 @@ import onnx
 from onnx import helper, numpy_helper
 
 from inc_core.errors import ConfigError
-from inc_core.weight_only import QuantizedWeight, WeightOnlyScheme, op_choices, rtn
+from inc_core.space import OpCapability, OpInfo, QuantPlan, TensorRanges
+from inc_core.weight_only import (
+    InputStatsCollector,
+    QuantizedWeight,
+    WeightOnlyScheme,
+    calibrated_ops,
+    op_choices,
+    quantize_weights,
+    schemes,
+    weight_options,
+)
+from inc_core.weight_only.options import CALIBRATED_ALGORITHMS as CALIBRATED
+from inc_core.weight_only.plan import WEIGHT_ONLY_ACTIVATION
+
+from .accuracy_level import chosen_level
 
 #: bits MatMulNBits unpacks (a byte holds a whole number of values); inc-core allows 2-8
 KERNEL_BITS: tuple[int, ...] = (2, 4, 8)
 #: block sizes MatMulNBits accepts: powers of two from 16 (its shape inference and MLAS'
 #: kernels require this); larger blocks than 256 run on its slower generic path
 MIN_BLOCK = 16
-#: algorithms implemented here; GPTQ and AWQ need calibration activations inc-ort does not
-#: collect for weight-only runs yet
-ALGORITHMS: tuple[str, ...] = ("RTN",)
+#: algorithms implemented here (GPTQ and AWQ with the inputs' statistics from ``calibrate``)
+ALGORITHMS: tuple[str, ...] = ("RTN", "GPTQ", "AWQ")
 DOMAIN = "com.microsoft"
 
 Chooser = Callable[[str], "WeightOnlyScheme | None"]
@@ -52,6 +69,7 @@ class Replaced:
     bits: int
     block_size: int
     scheme: str
+    algorithm: str = "RTN"
 
 
 def block_size_for(scheme: WeightOnlyScheme, k: int) -> int:
@@ -167,21 +185,31 @@ def quantize_model(
     model: onnx.ModelProto,
     choose: Chooser | Mapping[str, WeightOnlyScheme | None],
     *,
+    recipes: Mapping[str, Any] | None = None,
+    stats: Mapping[str, Any] | None = None,
     full_range: bool = False,
     mse_search: bool = False,
-    accuracy_level: int = 0,
+    accuracy_level: int | None = 0,
     copy: bool = True,
 ) -> tuple[onnx.ModelProto, list[Replaced]]:
     """``model`` with every candidate ``MatMul`` whose setting is not ``None`` as MatMulNBits.
 
     ``choose`` maps a node's name (``node_name``) to its setting: a callable, or a mapping where
-    a missing name keeps the node in fp32. ``full_range``/``mse_search`` are RTN's recipe
-    arguments (``rtn_args``). ``accuracy_level`` (0-4) is written when not 0; 4 lets the CPU
-    kernel quantize ``A`` to int8 and use its VNNI path. With ``copy`` the caller's model is
-    left untouched. Every setting is checked before the graph is changed.
+    a missing name keeps the node in fp32. ``recipes`` are the plan's (``rtn_args``,
+    ``gptq_args``, ``awq_args``); ``full_range``/``mse_search`` set ``rtn_args`` when no
+    recipes are given. ``stats``: per node name, the ``InputStats`` GPTQ and AWQ read
+    (``calibrate``). AWQ's input scale is folded into a LayerNormalization producing the
+    input when every reader of that tensor shares the scale, else applied by a ``Mul``.
+    ``accuracy_level`` (0-4) is written when not 0; 4 lets the CPU kernel quantize ``A`` to
+    int8 and use its VNNI path; ``None`` measures per weight shape (``accuracy.chosen_level``).
+    With ``copy`` the caller's model is left untouched. Every setting is checked before the
+    graph is changed.
     """
-    if not 0 <= accuracy_level <= 4:
+    if accuracy_level is not None and not 0 <= accuracy_level <= 4:
         raise ConfigError(f"accuracy_level={accuracy_level!r} is not allowed; allowed: 0 to 4")
+    if recipes is None:
+        recipes = {"rtn_args": {"enable_full_range": full_range, "enable_mse_search": mse_search}}
+    stats = stats or {}
     pick: Chooser = choose.get if isinstance(choose, Mapping) else choose
     out = onnx.ModelProto()
     if copy:
@@ -195,48 +223,137 @@ def quantize_model(
         if scheme is None:
             continue
         check_scheme(scheme)
+        if scheme.algorithm in CALIBRATED and node_name(node) not in stats:
+            raise ConfigError(
+                f"algorithm {scheme.algorithm!r} (op {node_name(node)!r}) reads calibration "
+                "activations: pass calib_dataloader to fit, or use algorithm 'RTN'"
+            )
         k = int(weights[node.input[1]].dims[0])
         plan.append((node, scheme, block_size_for(scheme, k)))
 
     replaced: list[Replaced] = []
-    built: dict[tuple[str, WeightOnlyScheme], list[str]] = {}
     new_inits: list[onnx.TensorProto] = []
-    for node, scheme, block in plan:
-        b_name = node.input[1]
-        key = (b_name, scheme)
-        if key not in built:
-            w = numpy_helper.to_array(weights[b_name])
-            qw = rtn(w, scheme.bits, scheme.group_size, scheme.scheme, full_range, mse_search)
-            blob, scales, zeros = pack(qw, block)
-            tag = f"{b_name}_Q{scheme.bits}G{block}{scheme.scheme}"
-            names = [f"{tag}_B", f"{tag}_scales"]
-            new_inits += [numpy_helper.from_array(blob, names[0])]
-            new_inits += [numpy_helper.from_array(scales, names[1])]
-            if scheme.scheme == "asym":
-                names.append(f"{tag}_zero_points")
-                new_inits.append(numpy_helper.from_array(zeros, names[2]))
-            built[key] = names
-        k, n = (int(d) for d in weights[b_name].dims)
-        attrs: dict[str, int] = {"K": k, "N": n, "bits": scheme.bits, "block_size": block}
-        if accuracy_level:
-            attrs["accuracy_level"] = accuracy_level
-        nbits = helper.make_node(
-            "MatMulNBits",
-            [node.input[0], *built[key]],
-            list(node.output),
-            name=node.name,
-            domain=DOMAIN,
-            **attrs,
-        )
-        node.CopyFrom(nbits)
-        replaced.append(Replaced(node_name(node), b_name, k, n, scheme.bits, block, scheme.scheme))
+    scales: list[tuple[list[onnx.NodeProto], np.ndarray]] = []
+    built: dict[tuple[str, WeightOnlyScheme], list[str]] = {}
+    for group in _groups(plan):
+        scheme, block = group[0][1], group[0][2]
+        todo = [n for n, _, _ in group if (n.input[1], scheme) not in built]
+        if todo:
+            arrays = [numpy_helper.to_array(weights[n.input[1]]) for n in todo]
+            results = quantize_weights(arrays, scheme, recipes, stats.get(node_name(todo[0])))
+            for node, result in zip(todo, results, strict=True):
+                built[(node.input[1], scheme)] = _packed(
+                    node, scheme, block, result.weight, new_inits
+                )
+            if results[0].input_scale is not None:
+                scales.append((todo, results[0].input_scale))
+        for node, _, _ in group:
+            b_name = node.input[1]
+            k, n = (int(d) for d in weights[b_name].dims)
+            level = accuracy_level
+            if level is None:
+                level = chosen_level(k, n, scheme.bits, block, scheme.scheme == "asym")
+            attrs: dict[str, int] = {"K": k, "N": n, "bits": scheme.bits, "block_size": block}
+            if level:
+                attrs["accuracy_level"] = level
+            nbits = helper.make_node(
+                "MatMulNBits",
+                [node.input[0], *built[(b_name, scheme)]],
+                list(node.output),
+                name=node.name,
+                domain=DOMAIN,
+                **attrs,
+            )
+            name = node_name(node)
+            node.CopyFrom(nbits)
+            replaced.append(
+                Replaced(name, b_name, k, n, scheme.bits, block, scheme.scheme, scheme.algorithm)
+            )
 
     if replaced:
+        for nodes, scale in scales:
+            _apply_input_scale(out, nodes, scale)
         _drop_unread(out, {r.weight for r in replaced})
         out.graph.initializer.extend(new_inits)
         if not any(o.domain == DOMAIN for o in out.opset_import):
             out.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return out, replaced
+
+
+def _groups(
+    plan: list[tuple[onnx.NodeProto, WeightOnlyScheme, int]],
+) -> list[list[tuple[onnx.NodeProto, WeightOnlyScheme, int]]]:
+    """GPTQ/AWQ nodes reading one tensor with one setting form one group (one Hessian
+    inverse; one shared AWQ input scale, folded once); every other node is its own group.
+    Model order is kept."""
+    groups: dict[Any, list[tuple[onnx.NodeProto, WeightOnlyScheme, int]]] = {}
+    for index, item in enumerate(plan):
+        node, scheme, block = item
+        key = (node.input[0], scheme, block) if scheme.algorithm in CALIBRATED else index
+        groups.setdefault(key, []).append(item)
+    return list(groups.values())
+
+
+def _packed(
+    node: onnx.NodeProto,
+    scheme: WeightOnlyScheme,
+    block: int,
+    qw: QuantizedWeight,
+    new_inits: list[onnx.TensorProto],
+) -> list[str]:
+    blob, scales, zeros = pack(qw, block)
+    tag = f"{node.input[1]}_Q{scheme.bits}G{block}{scheme.scheme}{scheme.algorithm}"
+    names = [f"{tag}_B", f"{tag}_scales"]
+    new_inits += [numpy_helper.from_array(blob, names[0])]
+    new_inits += [numpy_helper.from_array(scales, names[1])]
+    if scheme.scheme == "asym":
+        names.append(f"{tag}_zero_points")
+        new_inits.append(numpy_helper.from_array(zeros, names[2]))
+    return names
+
+
+def _apply_input_scale(
+    model: onnx.ModelProto, nodes: list[onnx.NodeProto], scale: np.ndarray
+) -> None:
+    """Divide the input the ``nodes`` share by AWQ's ``scale``: into the LayerNormalization that
+    produces it when nothing else reads it (its gain and bias divided), else by a ``Mul``."""
+    tensor = nodes[0].input[0]
+    ours = {n.output[0] for n in nodes}
+    inverse = (1.0 / scale.astype(np.float64)).astype(np.float32)
+    readers = [n for n in model.graph.node if tensor in n.input]
+    producer = next((n for n in model.graph.node if tensor in n.output), None)
+    inits = {i.name: i for i in model.graph.initializer}
+    if (
+        producer is not None
+        and producer.op_type == "LayerNormalization"
+        and all(r.output[0] in ours for r in readers)
+        and tensor not in {o.name for o in model.graph.output}
+        and all(name in inits for name in producer.input[1:])
+    ):
+        for position in range(1, len(producer.input)):  # gain, and bias when there is one
+            old = numpy_helper.to_array(inits[producer.input[position]])
+            name = f"{producer.input[position]}_awq_{nodes[0].output[0]}"
+            folded = (old * inverse).astype(old.dtype)
+            model.graph.initializer.append(numpy_helper.from_array(folded, name))
+            producer.input[position] = name
+        return
+    first = nodes[0].output[0]
+    scale_name = f"{first}/awq_inverse_scale"
+    scaled = f"{tensor}/awq_scaled_for_{first}"
+    model.graph.initializer.append(numpy_helper.from_array(inverse, scale_name))
+    mul = helper.make_node("Mul", [tensor, scale_name], [scaled], name=f"{first}/awq_scale")
+    ordered: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if node.output and node.output[0] in ours:
+            if not any(o is mul for o in ordered):
+                ordered.append(mul)
+            node.input[0] = scaled
+        ordered.append(node)
+    copies = [onnx.NodeProto() for _ in ordered]
+    for target, source in zip(copies, ordered, strict=True):
+        target.CopyFrom(source)
+    del model.graph.node[:]
+    model.graph.node.extend(copies)
 
 
 def _drop_unread(model: onnx.ModelProto, names: set[str]) -> None:
@@ -250,3 +367,48 @@ def _drop_unread(model: onnx.ModelProto, names: set[str]) -> None:
     keep = [i for i in model.graph.initializer if i.name not in names or i.name in read]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
+
+
+# -- the core's weight-only contract (inc_core.weight_only.plan), used by OrtBackend ----------
+
+#: group sizes the kernel takes: powers of two from 16 (32 first: INC's default), -1 per column
+GROUP_SIZES: tuple[int, ...] = (32, 16, 64, 128, 256, 512, 1024, 2048, 4096, -1)
+
+
+def capability() -> dict[str, OpCapability]:
+    """What MatMulNBits runs, as the core's capability for approach ``weight_only``."""
+    options = weight_options((4, 8, 2), GROUP_SIZES, ("sym", "asym"), ALGORITHMS)
+    return {"MatMul": OpCapability(WEIGHT_ONLY_ACTIVATION, options)}
+
+
+def ops(model: onnx.ModelProto) -> list[OpInfo]:
+    """The MatMuls whose weight MatMulNBits can take, named as rules name them."""
+    return [OpInfo(node_name(n), "MatMul") for n in candidates(model)]
+
+
+def calibrate(model: onnx.ModelProto, dataloader: Iterable[Any], plan: QuantPlan) -> TensorRanges:
+    """Per GPTQ/AWQ op of ``plan``, ``InputStats`` of its input (the MatMul's ``A``) over the
+    calibration batches, from the fp32 graph with those tensors exposed. Ops that read one
+    tensor share one collection."""
+    from .calibrate import run_batches  # onnxruntime sessions: only when calibrating
+
+    needs = calibrated_ops(plan)
+    inputs = {node_name(n): n.input[0] for n in candidates(model) if node_name(n) in needs}
+    by_tensor: dict[str, set[str]] = {}
+    for op, tensor in inputs.items():
+        by_tensor.setdefault(tensor, set()).add(needs[op])
+    collector = InputStatsCollector({t: tuple(sorted(a)) for t, a in by_tensor.items()})
+    run_batches(model, dataloader, list(by_tensor), collector.add)
+    per_tensor = collector.result()
+    return {op: per_tensor[tensor] for op, tensor in inputs.items()}
+
+
+def quantize_plan(
+    model: onnx.ModelProto, plan: QuantPlan, ranges: TensorRanges
+) -> tuple[onnx.ModelProto, list[Replaced]]:
+    """``plan``'s weight-only settings applied to a copy of ``model``; ``accuracy_level``
+    measured per weight shape (``accuracy_level.chosen_level``)."""
+    chosen = schemes(plan)
+    return quantize_model(
+        model, dict(chosen), recipes=plan.recipes, stats=ranges, accuracy_level=None
+    )

@@ -36,9 +36,10 @@ def quantize_weights(
 ) -> list[WeightResult]:
     """Quantize weights ``(K, N_i)`` that read the same input with ``scheme``.
 
-    Pass one weight per op, or several (query, key, value) so that AWQ gives them one
-    ``input_scale`` (its search runs on them concatenated along ``N``) and the scale can be
-    folded once into their shared producer. ``recipes`` are the plan's (``rtn_args``,
+    Pass one weight per op, or several (query, key, value): GPTQ then inverts their shared
+    Hessian once (same result as one by one), and AWQ gives them one ``input_scale`` (its
+    search runs on them concatenated along ``N``) that can be folded once into their shared
+    producer. ``recipes`` are the plan's (``rtn_args``,
     ``gptq_args``, ``awq_args``; defaults filled). ``stats`` are the op's calibration
     statistics, required for GPTQ and AWQ.
     """
@@ -58,33 +59,31 @@ def quantize_weights(
             f"algorithm {algorithm!r} needs the op's calibration statistics (pass "
             "calib_dataloader); the backend's calibrate gave none for this op"
         )
+    widths = [w.shape[1] for w in arrays]
+    joined = np.concatenate(arrays, axis=1) if len(arrays) > 1 else arrays[0]
     if algorithm == "GPTQ":
+        # output columns are independent given the inputs' Hessian: one run (one inverse of
+        # the Hessian) serves every weight reading this input
         args = recipe_args(recipes, "gptq_args")
         if stats.hessian is None:
             raise ValueError("GPTQ needs InputStats.hessian (the collector was not told GPTQ)")
-        return [
-            WeightResult(
-                gptq(
-                    w,
-                    stats.hessian,
-                    bits,
-                    g,
-                    sym,
-                    float(args["percdamp"]),
-                    int(args["block_size"]),
-                    bool(args["act_order"]),
-                    bool(args["static_groups"]),
-                    bool(args["enable_full_range"]),
-                )
-            )
-            for w in arrays
-        ]
+        qw = gptq(
+            joined,
+            stats.hessian,
+            bits,
+            g,
+            sym,
+            float(args["percdamp"]),
+            int(args["block_size"]),
+            bool(args["act_order"]),
+            bool(args["static_groups"]),
+            bool(args["enable_full_range"]),
+        )
+        return [WeightResult(_columns(qw, a, b)) for a, b in _spans(widths)]
     if algorithm == "AWQ":
         args = recipe_args(recipes, "awq_args")
         if stats.rows is None:
             raise ValueError("AWQ needs InputStats.rows (the collector was not told AWQ)")
-        widths = [w.shape[1] for w in arrays]
-        joined = np.concatenate(arrays, axis=1) if len(arrays) > 1 else arrays[0]
         found = awq(
             joined,
             stats.rows,
