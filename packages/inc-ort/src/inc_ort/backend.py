@@ -227,16 +227,21 @@ class OrtBackend(Backend):
         if plan.recipes.get("smooth_quant"):
             work = recipes.apply_smooth_quant(work, ranges, plan)
         nodes = planner.split_nodes(work, plan)
-        if model_io.detached(work):
-            _load_weights(work, {*nodes.static, *nodes.dynamic})
         if not nodes.static and not nodes.dynamic:
             out = work
         else:
             qoperator = plan.quant_format == "QOperator"
             if nodes.static:
+                # a model over 2 GB: the planner and recipes read its weights in memory, then
+                # onnxruntime's quantizer reads them from inc's store one at a time
+                big = model_io.detached(work)
+                if big:
+                    _load_weights(work, set(nodes.static))
                 recipes.correct_weights(work, plan, ranges)
                 spec = planner.static_spec(work, plan, ranges, nodes, qoperator)
                 spec.extra_options.update(recipes.qdq_options(plan, self.config_backend))
+                if big:
+                    work = model_io.unload(work)
                 quantizer = (
                     IncQOperatorQuantizer(work, spec, static=True)
                     if qoperator
@@ -247,10 +252,15 @@ class OrtBackend(Backend):
                     cleanup.strip_output_qdq(work)
                 cleanup.keep_float(work, {n for n, op in plan.ops.items() if not op.quantized})
             if nodes.dynamic:
+                big = model_io.detached(work)
+                if big:
+                    _load_weights(work, set(nodes.dynamic))
                 if any(plan.op_types[n] == "Gemm" for n in nodes.dynamic):
                     # onnxruntime's own Gemm rewrite renames the nodes; ours keeps the names
                     work = graph.gemm_to_matmul(work)
                 spec = planner.dynamic_spec(work, plan, nodes)
+                if big:
+                    work = model_io.unload(work)
                 quantizer = IncQOperatorQuantizer(work, spec, static=False)
                 # onnxruntime's dynamic quantizer works on a copy it reloaded: let go of ours
                 # (for a >2 GB model, the weights it holds)
@@ -287,8 +297,15 @@ class OrtBackend(Backend):
         # Idle sessions must not spin: the guards time an fp32 and an int8 session in turn, and
         # spinning worker threads of one steal the cores of the other.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if model_io.detached(model):  # one >2 GB model's session at a time
-            for other in [k for k, c in self._sessions.items() if model_io.detached(c.model)]:
+        if model_io.detached(model):
+            # a model over 2 GB: one fp32 and one int8 session at a time (the guards time them
+            # in turn; an int8 one holds its int8 weights, 1/4 of the fp32 ones)
+            kind = kernels.is_quantized(model)
+            for other in [
+                k
+                for k, c in self._sessions.items()
+                if model_io.detached(c.model) and kernels.is_quantized(c.model) == kind
+            ]:
                 self._sessions.pop(other)
         # An int8 model's session keeps the graph onnxruntime optimized: runs_as reads it
         # instead of building a second session (the guards time the model they return); not
@@ -420,10 +437,11 @@ class _Cached:
 
 
 def _load_weights(model: onnx.ModelProto, nodes: set[str]) -> None:
-    """Prepare a detached (>2 GB) model for onnxruntime's quantizer, in place: shape inference
-    on the light proto, recorded the way onnxruntime's quantizer records its own (so it does not
-    copy and reload the model to infer shapes), then the data of the quantized nodes' constant
-    inputs only -- the weights it reads; the others stay in inc's store."""
+    """Prepare a detached (>2 GB) model for quantization, in place: shape inference on the
+    light proto, recorded the way onnxruntime's quantizer records its own (so it does not copy
+    and reload the model to infer shapes), then the data of the quantized nodes' constant
+    inputs only, for the planner and recipes (``model_io.unload`` puts them back in the
+    store before onnxruntime's quantizer, which reads them from there)."""
     inferred = onnx.shape_inference.infer_shapes(model)
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)

@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -388,17 +389,119 @@ def _read(tensor: onnx.TensorProto, folder: Path) -> bytes:
 
 def materialize(model: onnx.ModelProto, names: set[str]) -> None:
     """Load the data of the detached initializers named ``names`` into ``model`` (in place):
-    for steps that read tensor values (onnxruntime's quantizer reads the weights it quantizes)."""
+    for steps that read tensor values with onnx (the planner's weight scales, the recipes).
+
+    A loaded tensor keeps its ``external_data`` entries (ignored while its location is
+    DEFAULT) as the mark that it still holds the store's bytes: ``unload`` turns it back into
+    the reference. Rewriting a tensor (``CopyFrom``, ``numpy_helper.from_array``) drops the
+    mark, and ``unload`` writes the new bytes to the store instead.
+    """
     # an onnxruntime session of the model that a reference cycle keeps (until the collector
     # runs) holds its weights too (1x their size, prepacked): let it go before loading them
     gc.collect()
     for tensor in model.graph.initializer:
         if tensor.name in names and tensor.data_location == onnx.TensorProto.EXTERNAL:
             data = _read(tensor, store())
-            del tensor.external_data[:]
             tensor.data_location = onnx.TensorProto.DEFAULT
             tensor.raw_data = data
             del data
+
+
+def _loaded(tensor: onnx.TensorProto) -> bool:
+    """Whether ``materialize`` loaded ``tensor`` and nothing rewrote it since."""
+    return (
+        tensor.data_location != onnx.TensorProto.EXTERNAL
+        and len(tensor.external_data) > 0
+        and tensor.HasField("raw_data")
+    )
+
+
+def unload(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A detached copy of ``model`` after ``materialize``: the tensors it loaded are references
+    to the store again, and in-proto tensors of 1 MB or more (a recipe's rewritten weights)
+    are written there. The caller drops ``model`` (protobuf frees loaded bytes only with the
+    whole message), so only one weight at a time is in memory from then on: onnxruntime's
+    quantizer reads them from the store (``inc_ort.quantizer``)."""
+    light = _light(model, lambda t: False)
+    big = False
+    for tensor in model.graph.initializer:
+        if _loaded(tensor):
+            ref = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+            ref.external_data.extend(tensor.external_data)
+            ref.data_location = onnx.TensorProto.EXTERNAL
+            light.graph.initializer.append(ref)
+            continue
+        light.graph.initializer.append(tensor)
+        if tensor.data_location != onnx.TensorProto.EXTERNAL and tensor_bytes(tensor) >= 2**20:
+            big = True
+    return detach(light) if big else light
+
+
+def in_store(tensor: onnx.TensorProto) -> bool:
+    """Whether ``tensor`` is a reference to data in inc's store (a detached model's)."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return False
+    location = _external(tensor).get("location", "")
+    return bool(location) and "/" not in location and (store() / location).is_file()
+
+
+def _np_dtype(tensor: onnx.TensorProto) -> np.dtype[Any]:
+    dtype: np.dtype[Any] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    return dtype
+
+
+def mapped(tensor: onnx.TensorProto) -> np.ndarray:
+    """A read-only memory map of a store tensor's data (``in_store``): what a step reads of it
+    is paged in from the file, nothing is copied (shape and dtype cost no read at all)."""
+    info = _external(tensor)
+    shape = tuple(int(d) for d in tensor.dims)
+    if not int(np.prod(shape, dtype=np.int64)):
+        return np.empty(shape, _np_dtype(tensor))
+    array: np.ndarray = np.memmap(
+        store() / info["location"],
+        dtype=_np_dtype(tensor),
+        mode="r",
+        offset=int(info.get("offset", 0)),
+        shape=shape,
+    )
+    return array
+
+
+def row_slabs(tensor: onnx.TensorProto, slab_bytes: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """A store tensor's data read from its file in slabs of rows (axis 0) of about
+    ``slab_bytes``: ``(rows, values)`` pairs, the values in a fresh array each (file reads, no
+    memory map, so what was read is freed with the slab)."""
+    info = _external(tensor)
+    dtype = _np_dtype(tensor)
+    shape = tuple(int(d) for d in tensor.dims)
+    row_items = int(np.prod(shape[1:], dtype=np.int64)) if shape else 1
+    count = shape[0] if shape else 1
+    step = max(1, slab_bytes // max(1, row_items * dtype.itemsize))
+    with open(store() / info["location"], "rb") as file:
+        file.seek(int(info.get("offset", 0)))
+        for start in range(0, count, step):
+            rows = min(step, count - start)
+            values = np.empty((rows, *shape[1:]), dtype)
+            if file.readinto(values.data.cast("B")) != values.nbytes:
+                raise ModelError(f"the data of tensor {tensor.name!r} in {store()} is cut short")
+            yield slice(start, start + rows), values if shape else values.reshape(())
+
+
+def stored(
+    name: str, data_type: int, dims: Iterable[int], slabs: Iterable[np.ndarray]
+) -> onnx.TensorProto:
+    """A reference to a new file of ``store()`` holding ``slabs`` one after the other (written
+    as they come): a tensor made without holding its data whole."""
+    location = f"q-{uuid.uuid4().hex}.data"
+    length = 0
+    with open(store() / location, "wb") as file:
+        for slab in slabs:
+            data = np.ascontiguousarray(slab)
+            file.write(data.data.cast("B"))
+            length += data.nbytes
+    ref = onnx.TensorProto(name=name, data_type=data_type, dims=list(dims))
+    _set_external(ref, location, 0, length)
+    return ref
 
 
 def sessionable(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from onnxruntime.quantization import base_quantizer, onnx_quantizer, qdq_quantizer
+from onnxruntime.quantization import base_quantizer, onnx_quantizer, qdq_quantizer, quant_utils
 from onnxruntime.quantization.onnx_model import ONNXModel
 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
@@ -161,6 +162,120 @@ class IncQOperatorQuantizer(ONNXQuantizer):  # type: ignore[misc]
     def quantize_model(self) -> Any:
         with _vectorized_weights():
             return super().quantize_model()
+
+    def quantize_initializer_impl(
+        self,
+        weight: onnx.TensorProto,
+        qType: Any,
+        reduce_range: bool = False,
+        keep_float_weight: bool = False,
+    ) -> Any:
+        """The parent's, for a weight of a model over 2 GB quantized from inc's store into it
+        slab by slab (``_quantized_to_store``): the parent holds the float weight, a flattened
+        copy and the int8 result at once. Same initializers, same bytes; anything but the
+        per-tensor int8/uint8 overrides inc gives is left to the parent."""
+        overrides = self.tensor_quant_overrides.get_per_tensor_overrides(
+            weight.name, default_val={}
+        )
+        if "quant_type" in overrides:
+            qType = overrides["quant_type"].tensor_type
+        dtype = _NP_BY_ONNX.get(qType)
+        if (
+            keep_float_weight
+            or dtype is None
+            or weight.data_type != onnx.TensorProto.FLOAT
+            or "scale" not in overrides
+            or "zero_point" not in overrides
+            or not model_io.in_store(weight)
+        ):
+            return super().quantize_initializer_impl(weight, qType, reduce_range, keep_float_weight)
+        zero_point = np.array(overrides["zero_point"], dtype=dtype)
+        scale = np.array(overrides["scale"])
+        if (
+            scale.size != 1
+            or zero_point.size != 1
+            or np.result_type(np.float32, scale.dtype) != np.float32
+        ):
+            return super().quantize_initializer_impl(weight, qType, reduce_range, keep_float_weight)
+        q_weight_name = weight.name + TENSOR_NAME_QUANT_SUFFIX
+        zp_name, scale_name = weight.name + "_zero_point", weight.name + "_scale"
+        self.model.initializer_extend(
+            [
+                onnx.helper.make_tensor(
+                    scale_name, weight.data_type, [], scale.reshape((-1,)).tolist()
+                ),
+                onnx.helper.make_tensor(zp_name, qType, [], zero_point.reshape((-1,)).tolist()),
+            ]
+        )
+        self.model.initializer_extend(
+            [
+                _quantized_to_store(
+                    weight, scale.reshape(()), zero_point.reshape(()), qType, q_weight_name
+                )
+            ]
+        )
+        return q_weight_name, zp_name, scale_name
+
+    def quantize_weight_per_channel_impl(
+        self,
+        weight_name: str,
+        weight_qType: Any,
+        channel_axis: int,
+        reduce_range: bool = True,
+        keep_float_weight: bool = False,
+    ) -> Any:
+        """The parent's, for a weight of a model over 2 GB: quantized from inc's store into it
+        slab by slab with inc's per-channel scales (the parent takes every channel out of the
+        whole weight in turn). Same initializers, same bytes; anything but int8/uint8 weights
+        with a scale and zero point for every channel is left to the parent."""
+        weight = self.model.get_initializer(weight_name)
+        rows = self.tensor_quant_overrides.get_per_channel_overrides(weight_name, default_val=[])
+        if rows and "quant_type" in rows[0]:
+            weight_qType = rows[0]["quant_type"].tensor_type
+        dtype = _NP_BY_ONNX.get(weight_qType)
+        rank = len(weight.dims) if weight is not None else 0
+        axis = channel_axis + rank if channel_axis < 0 else channel_axis
+        if (
+            weight is None
+            or keep_float_weight
+            or dtype is None
+            or weight.data_type != onnx.TensorProto.FLOAT
+            or not model_io.in_store(weight)
+            or not 0 <= axis < rank
+            or len(rows) != weight.dims[axis]
+            or any("scale" not in r or "zero_point" not in r for r in rows)
+            or rows[0].get("axis", axis) % rank != axis
+        ):
+            return super().quantize_weight_per_channel_impl(
+                weight_name, weight_qType, channel_axis, reduce_range, keep_float_weight
+            )
+        scales = [np.array(r["scale"]) for r in rows]
+        zero_points = [np.array(r["zero_point"], dtype=dtype) for r in rows]
+        if any(np.result_type(np.float32, sc.dtype) != np.float32 for sc in scales):
+            return super().quantize_weight_per_channel_impl(
+                weight_name, weight_qType, channel_axis, reduce_range, keep_float_weight
+            )
+        q_weight_name = weight_name + TENSOR_NAME_QUANT_SUFFIX
+        zp_name, scale_name = weight_name + "_zero_point", weight_name + "_scale"
+        count = [int(weight.dims[axis])]
+        self.model.initializer_extend(
+            [
+                onnx.helper.make_tensor(
+                    scale_name, weight.data_type, count, np.hstack(scales).tolist()
+                ),
+                onnx.helper.make_tensor(
+                    zp_name, weight_qType, count, np.hstack(zero_points).tolist()
+                ),
+            ]
+        )
+        shape = [1] * rank
+        shape[axis] = count[0]
+        scale = np.hstack(scales).astype(np.float32).reshape(shape)
+        zero_point = np.hstack(zero_points).reshape(shape)
+        self.model.initializer_extend(
+            [_quantized_to_store(weight, scale, zero_point, weight_qType, q_weight_name)]
+        )
+        return q_weight_name, zp_name, scale_name
 
 
 @contextmanager
@@ -430,16 +545,18 @@ def _quantize_initializer(
         return _QUANTIZE_INITIALIZER(
             weight, quant_type, zero_point, scale, axis, quant_weight_name, block_size=block_size
         )
-    data = onnx.numpy_helper.to_array(weight)
+    name = quant_weight_name or f"{weight.name}{TENSOR_NAME_QUANT_SUFFIX}"
     if per_tensor:
         scale_b, zero_b = scale.reshape(()), zero_point.reshape(())
     else:
-        shape = [1] * data.ndim
+        shape = [1] * len(weight.dims)
         shape[axis] = scale.size  # type: ignore[index]
         scale_b, zero_b = scale.reshape(shape), zero_point.reshape(shape)
+    if model_io.in_store(weight):  # a model over 2 GB: from the store into the store
+        return _quantized_to_store(weight, scale_b, zero_b, quant_type, name)
+    data = onnx.numpy_helper.to_array(weight)
     out = _quantized(data, scale_b, zero_b, dtype)
     del data
-    name = quant_weight_name or f"{weight.name}{TENSOR_NAME_QUANT_SUFFIX}"
     return onnx.numpy_helper.from_array(out.reshape(tuple(weight.dims)), name)
 
 
@@ -456,20 +573,48 @@ def _quantized(
     when that is their axis: the float temporary is a slab's size, not the weight's."""
     data = data.astype(np.float32, copy=False)
     out = np.empty(data.shape, dtype)
-    info = np.iinfo(dtype)
-    lowest = info.min if low is None else max(info.min, low)
-    highest = info.max if high is None else min(info.max, high)
+    lowest, highest = _bounds(dtype, low, high)
     rows = max(1, _SLAB_BYTES // max(1, data[:1].nbytes)) if data.ndim else 1
     for start in range(0, data.shape[0] if data.ndim else 1, rows):
         part = slice(start, start + rows) if data.ndim else ...
-        s = scale[part] if scale.ndim and scale.shape[0] > 1 else scale
-        z = zero_point[part] if zero_point.ndim and zero_point.shape[0] > 1 else zero_point
-        values = np.divide(data[part], s)
-        np.round(values, out=values)
-        np.add(values, z, out=values)
-        np.clip(values, lowest, highest, out=values)
-        out[part] = values
+        out[part] = _quantized_slab(data[part], scale, zero_point, part, lowest, highest)
     return out
+
+
+def _bounds(dtype: Any, low: Any, high: Any) -> tuple[Any, Any]:
+    info = np.iinfo(dtype)
+    lowest = info.min if low is None else max(info.min, low)
+    highest = info.max if high is None else min(info.max, high)
+    return lowest, highest
+
+
+def _quantized_slab(
+    values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, part: Any, lowest: Any, high: Any
+) -> np.ndarray:
+    """One slab of ``_quantized``: the float result, rounded and clipped (the caller casts)."""
+    s = scale[part] if scale.ndim and scale.shape[0] > 1 else scale
+    z = zero_point[part] if zero_point.ndim and zero_point.shape[0] > 1 else zero_point
+    result: np.ndarray = np.divide(values, s)
+    np.round(result, out=result)
+    np.add(result, z, out=result)
+    np.clip(result, lowest, high, out=result)
+    return result
+
+
+def _quantized_to_store(
+    weight: onnx.TensorProto, scale: np.ndarray, zero_point: np.ndarray, quant_type: int, name: str
+) -> onnx.TensorProto:
+    """``_quantized`` for a float32 weight in inc's store (a model over 2 GB): read, quantized
+    and written to a new file of the store a slab at a time, so neither the float weight nor
+    its int8 result is ever whole in memory. The same arithmetic per element, the same bytes."""
+    dtype = _NP_BY_ONNX[quant_type]
+    lowest, highest = _bounds(dtype, None, None)
+
+    def slabs() -> Iterator[np.ndarray]:
+        for part, values in model_io.row_slabs(weight, _SLAB_BYTES):
+            yield _quantized_slab(values, scale, zero_point, part, lowest, highest).astype(dtype)
+
+    return model_io.stored(name, quant_type, weight.dims, slabs())
 
 
 def _quantize_nparray(
@@ -501,14 +646,36 @@ _SLAB_BYTES = 2**26
 _NP_BY_ONNX = {QUANT_TYPES[name].tensor_type: np_type for name, np_type in NP_TYPES.items()}
 _QUANTIZE_INITIALIZER = getattr(qdq_quantizer, "quantize_onnx_initializer", None)
 _QUANTIZE_NPARRAY = getattr(base_quantizer, "quantize_nparray", None)
+_TO_ARRAY = getattr(quant_utils, "tensor_proto_to_array", None)
 
 
-@contextmanager
-def _vectorized_weights() -> Iterator[None]:
-    """onnxruntime's QDQ quantizer with ``_quantize_initializer`` for weights, while inc's
-    quantizer runs: the parent calls the module's function, which no method can override.
-    Results are identical, so another quantization running meanwhile is not affected."""
-    patches = [
+def _tensor_proto_to_array(initializer: onnx.TensorProto) -> Any:
+    """``quant_utils.tensor_proto_to_array`` that also reads a tensor of inc's store (a model
+    over 2 GB keeps its weights there through quantization): a read-only memory map, so the
+    parent reading a weight's shape and dtype reads none of its data."""
+    if model_io.in_store(initializer) and initializer.data_type in (
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+    ):
+        return model_io.mapped(initializer)
+    if _TO_ARRAY is None:  # _vectorized_weights installs this only beside it
+        raise RuntimeError("onnxruntime has no tensor_proto_to_array to fall back on")
+    return _TO_ARRAY(initializer)
+
+
+def _store_quantize_initializer(weight: onnx.TensorProto, *args: Any, **kwargs: Any) -> Any:
+    """``quantize_onnx_initializer`` as the QOperator quantizer calls it (requantizing a weight
+    for its bias): onnxruntime's own, but ``_quantize_initializer`` for a weight of inc's store."""
+    if model_io.in_store(weight):
+        return _quantize_initializer(weight, *args, **kwargs)
+    if _QUANTIZE_INITIALIZER is None:
+        raise RuntimeError("onnxruntime has no quantize_onnx_initializer to fall back on")
+    return _QUANTIZE_INITIALIZER(weight, *args, **kwargs)
+
+
+def _patches() -> list[tuple[Any, str, Any, Any]]:
+    """(module, name, inc's function, onnxruntime's) for ``_vectorized_weights``."""
+    return [
         (module, name, replacement, original)
         for module, name, replacement, original in (
             (
@@ -517,17 +684,51 @@ def _vectorized_weights() -> Iterator[None]:
                 _quantize_initializer,
                 _QUANTIZE_INITIALIZER,
             ),
+            (
+                onnx_quantizer,
+                "quantize_onnx_initializer",
+                _store_quantize_initializer,
+                _QUANTIZE_INITIALIZER,
+            ),
             (base_quantizer, "quantize_nparray", _quantize_nparray, _QUANTIZE_NPARRAY),
+            *(
+                (module, "tensor_proto_to_array", _tensor_proto_to_array, _TO_ARRAY)
+                for module in (quant_utils, base_quantizer, qdq_quantizer, onnx_quantizer)
+            ),
         )
-        if original is not None  # a release without it: nothing to replace
+        # a release without it (or binding another function): nothing to replace
+        if original is not None and getattr(module, name, None) is original
     ]
-    for module, name, replacement, _ in patches:
-        setattr(module, name, replacement)
+
+
+_PATCHED: list[tuple[Any, str, Any, Any]] = []
+_PATCH_USERS = 0
+_PATCH_LOCK = threading.Lock()
+
+
+@contextmanager
+def _vectorized_weights() -> Iterator[None]:
+    """onnxruntime's quantizers with ``_quantize_initializer`` for weights, and reading inc's
+    store, while inc's quantizers run: the parent calls the modules' functions, which no method
+    can override. Results are identical and other tensors are read as before, so another
+    quantization running meanwhile is not affected; the functions stay replaced until the last
+    of inc's quantizers running at once is done (a model over 2 GB needs them to be read)."""
+    global _PATCH_USERS
+    with _PATCH_LOCK:
+        if not _PATCH_USERS:
+            _PATCHED[:] = _patches()
+            for module, name, replacement, _ in _PATCHED:
+                setattr(module, name, replacement)
+        _PATCH_USERS += 1
     try:
         yield
     finally:
-        for module, name, _, original in patches:
-            setattr(module, name, original)
+        with _PATCH_LOCK:
+            _PATCH_USERS -= 1
+            if not _PATCH_USERS:
+                for module, name, _, original in _PATCHED:
+                    setattr(module, name, original)
+                _PATCHED.clear()
 
 
 def _renamed(values: dict[str, Any], params: Any) -> dict[str, Any]:
