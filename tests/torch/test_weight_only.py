@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from inc_core import PostTrainingQuantConfig, load, quantization
-from inc_core.errors import ConfigError, ModelError
+from inc_core.errors import ConfigError, GuardWarning, ModelError
 from inc_core.weight_only import awq, gptq, hessian, rtn
 from inc_torch.weight_only import kernels
 from inc_torch.weight_only.linear import WeightOnlyLinear
@@ -178,6 +178,25 @@ def test_int4_gptq_awq_gpt2_conv1d_close_to_fp32(algorithm):
     assert q.report["weight_only"]["ops"][replaced[0]]["algorithm"] == algorithm
 
 
+def test_gptq_with_calib_func_equals_gptq_with_the_dataloader():
+    model, batches = _llama(), _calib()
+
+    def feed(m: nn.Module) -> None:
+        for batch in batches:
+            m(**batch)
+
+    # guards off: no calibration batch is held out for the fidelity check, both see all three
+    conf = _conf(4, "GPTQ", guards=False)
+    with_loader = quantization.fit(model, conf, calib_dataloader=batches)
+    with_func = quantization.fit(model, conf, calib_func=feed)
+    name = "model.layers.1.mlp.down_proj"
+    a, b = with_loader.model.get_submodule(name), with_func.model.get_submodule(name)
+    assert torch.equal(a.qweight, b.qweight) and torch.equal(a.scale, b.scale)
+    # and GPTQ did use the data: plain RTN rounds some weights differently
+    rtn_layer = quantization.fit(model, _conf(4)).model.get_submodule(name)
+    assert not torch.equal(a.qweight, rtn_layer.qweight)
+
+
 def test_quantizing_a_tied_lm_head_leaves_the_embedding_intact():
     model = _llama(tied=True)
     q = quantization.fit(model, _conf(8))
@@ -210,6 +229,22 @@ def test_save_and_load_onto_the_fp32_model(tmp_path):
     assert torch.equal(_logits(loaded.model), _logits(q.model))
     with pytest.raises(ModelError, match="model="):
         load(tmp_path / "q")
+
+
+def test_without_a_compiler_the_layers_run_eagerly_and_fit_says_it_is_slow(monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.delenv(kernels.KERNEL_ENV, raising=False)
+    kernels.compiler.cache_clear()
+    try:
+        model = _llama()
+        with pytest.warns(GuardWarning, match="no C.. compiler"):
+            q = quantization.fit(model, _conf(8))
+    finally:
+        kernels.compiler.cache_clear()
+    layers = [m for m in q.model.modules() if isinstance(m, WeightOnlyLinear)]
+    assert layers and all(m.kernel == "eager" for m in layers)
+    assert _generate(q.model) == _generate(model)
 
 
 # -- bad input ------------------------------------------------------------------------------

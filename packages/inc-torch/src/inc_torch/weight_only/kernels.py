@@ -166,6 +166,17 @@ def default_kernel() -> str:
     return "inductor" if compiler() is not None else "eager"
 
 
+def slow_reason() -> str | None:
+    """Why the default kernel is slower than fp32 (no compiler), or None."""
+    if os.environ.get(KERNEL_ENV) or compiler() is not None:
+        return None
+    return (
+        "no C++ compiler (g++/clang++, or $CXX) is on PATH for torch.compile: the weight-only "
+        "layers dequantize their weight on every call, slower than fp32 (they still hold "
+        "their int weights only); install a compiler for the fused kernel"
+    )
+
+
 Kernel = Callable[..., torch.Tensor]
 # one compiled function per weight shape and format: dynamo caches compiled graphs per code
 # object with a limit of 8 (torch._dynamo.config.recompile_limit), which a model with many

@@ -5,6 +5,7 @@ backend contract, torch side)."""
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from inc_core.errors import DataError, ModelError
+from inc_core.errors import DataError, GuardWarning, ModelError
 from inc_core.space import OpInfo, QuantPlan, TensorRanges
 from inc_core.weight_only import (
     InputStats,
@@ -23,6 +24,7 @@ from inc_core.weight_only import (
 )
 
 from .._ops import set_submodule, type_name
+from . import kernels
 from .linear import WeightOnlyLinear
 
 #: Hugging Face's ``transformers.pytorch_utils.Conv1D`` (GPT-2's projections): a Linear whose
@@ -168,6 +170,9 @@ def quantize(
     work = _copy_without(model, built)
     for name, layer in built.items():
         set_submodule(work, name, layer)
+    slow = kernels.slow_reason() if kernel is None else None
+    if slow and built:
+        warnings.warn(slow, GuardWarning, stacklevel=2)
     return work.eval()
 
 
