@@ -173,15 +173,17 @@ def _current_columns(
 
 
 def _upper_cholesky_inverse(hess: np.ndarray, percdamp: float) -> np.ndarray:
-    """``U`` upper triangular with ``U^T U = hess^-1`` (the paper's ``Cholesky(H^-1)^T``)."""
+    """``U`` upper triangular with ``U^T U = hess^-1`` (the paper's ``Cholesky(H^-1)^T``).
+
+    With ``J`` the order reversal and ``J H J = L L^T``, ``U = J L^-1 J``: one Cholesky and
+    one inverse of a triangle instead of two factorizations and an inverse (``U`` is unique,
+    so it is the same matrix)."""
     try:
-        lower = np.linalg.cholesky(hess)
-        inverse_lower = np.linalg.inv(lower)
-        inverse = inverse_lower.T @ inverse_lower
-        upper: np.ndarray = np.linalg.cholesky(inverse).T
+        lower = np.linalg.cholesky(hess[::-1, ::-1])
+        upper: np.ndarray = np.linalg.inv(lower)[::-1, ::-1]
     except np.linalg.LinAlgError as exc:
         raise ValueError(
             f"the damped Hessian is not positive definite (percdamp={percdamp}); raise "
             "gptq_args['percdamp'] (allowed: (0, 1]) or give more calibration samples"
         ) from exc
-    return upper
+    return np.ascontiguousarray(np.triu(upper))
