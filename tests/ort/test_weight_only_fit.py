@@ -126,6 +126,33 @@ def test_save_and_load_round_trip(small: dict[str, Any], tmp_path: Path) -> None
     assert '"weight_only"' in manifest and '"group_size": 32' in manifest
 
 
+@pytest.mark.parametrize("algorithm", ["RTN", "GPTQ"])
+def test_a_detached_model_quantizes_to_the_in_memory_result(
+    small: dict[str, Any], algorithm: str
+) -> None:
+    """A model over 2 GB stays detached (its weights in inc's store, ``inc_ort.model_io``);
+    each weight is read from a memory map of the store, one at a time, never into the proto.
+    On the MLP detached by hand the result is the in-memory one, bit for bit."""
+    from inc_ort import model_io
+
+    detached = model_io.detach(small["model"], min_bytes=64)
+    assert model_io.detached(detached)
+    calib = None if algorithm == "RTN" else small["calib"]
+    conf = woq(algorithm)
+    from_store = quantization.fit(detached, conf, calib_dataloader=calib).model
+    in_memory = quantization.fit(small["model"], conf, calib_dataloader=calib).model
+    assert nbits(from_store) == nbits(in_memory)
+    packed = {i.name: i for i in in_memory.graph.initializer}
+    for tensor in from_store.graph.initializer:
+        if tensor.name.endswith(("_B", "_scales")):
+            assert tensor.raw_data == packed[tensor.name].raw_data, tensor.name
+    # the fp32 weights are gone; what is left in the store (biases) is still a reference
+    assert not {f"{name}.w" for name in NAMES} & {i.name for i in from_store.graph.initializer}
+    assert model_io.detached(from_store)  # the biases stay in the store
+    sess = model_io.inference_session(from_store, ort.SessionOptions(), ["CPUExecutionProvider"])
+    np.testing.assert_array_equal(sess.run(None, {"x": small["x"]})[0], run(in_memory, small["x"]))
+
+
 @pytest.mark.parametrize(
     ("conf", "message"),
     [

@@ -162,7 +162,9 @@ class OrtBackend(Backend):
         if getattr(conf, "approach", None) == "weight_only":
             # MatMulNBits replaces MatMuls as the user's graph has them (no fusion into Gemm)
             graph.ensure_names(proto)
-            return graph.gemm_to_matmul(proto)
+            if any(n.op_type == "Gemm" for n in proto.graph.node):
+                proto = graph.gemm_to_matmul(proto)
+            return proto
         proto = graph.with_quantizable_opset(proto)
         recipe = dict(getattr(conf, "recipes", {}) or {})
         return prepare(proto, recipe)

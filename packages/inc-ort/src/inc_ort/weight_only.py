@@ -44,6 +44,7 @@ from inc_core.weight_only import (
 from inc_core.weight_only.options import CALIBRATED_ALGORITHMS as CALIBRATED
 from inc_core.weight_only.plan import WEIGHT_ONLY_ACTIVATION
 
+from . import model_io
 from .accuracy_level import chosen_level
 
 #: bits MatMulNBits unpacks (a byte holds a whole number of values); inc-core allows 2-8
@@ -239,7 +240,7 @@ def quantize_model(
         scheme, block = group[0][1], group[0][2]
         todo = [n for n, _, _ in group if (n.input[1], scheme) not in built]
         if todo:
-            arrays = [numpy_helper.to_array(weights[n.input[1]]) for n in todo]
+            arrays = [_array(weights[n.input[1]]) for n in todo]
             results = quantize_weights(arrays, scheme, recipes, stats.get(node_name(todo[0])))
             for node, result in zip(todo, results, strict=True):
                 built[(node.input[1], scheme)] = _packed(
@@ -278,6 +279,16 @@ def quantize_model(
         if not any(o.domain == DOMAIN for o in out.opset_import):
             out.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return out, replaced
+
+
+def _array(tensor: onnx.TensorProto) -> np.ndarray:
+    """A weight's values; a detached (>2 GB) model's are a read-only map of inc's store, so
+    one weight at a time is paged in and none is loaded into the proto (which would keep it
+    until the whole model is freed)."""
+    if model_io.in_store(tensor):
+        return model_io.mapped(tensor)
+    array: np.ndarray = numpy_helper.to_array(tensor)
+    return array
 
 
 def _groups(
