@@ -242,3 +242,45 @@ def test_save_and_load_keep_the_plan(mlp: NumpyMLP, tmp_path: Path) -> None:
     back = inc_core.load(tmp_path / "out")
     assert back.plan == q.plan
     assert back.report["weight_only"]["ops"]["fc1"]["bits"] == 4
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "weight-only quantization" in page and "0.125x fp32" in page
+
+
+def test_weights_sharing_an_input_give_the_one_by_one_result_for_gptq() -> None:
+    """GPTQ's output columns are independent given the Hessian: quantizing q, k and v together
+    (one inverse) equals quantizing each alone."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, 4)) @ rng.normal(size=(4, 48)) + 0.1 * rng.normal(size=(300, 48))
+    weights = [rng.normal(size=(48, n)).astype(np.float32) for n in (16, 24, 8)]
+    collector = InputStatsCollector({"qkv": ("GPTQ", "AWQ")})
+    for i in range(0, 300, 100):
+        collector.add("qkv", x[i : i + 100])
+    stats = collector.result()["qkv"]
+    assert stats.hessian is not None and stats.rows is not None and stats.samples == 300
+    scheme = WeightOnlyScheme(4, 16, "asym", "GPTQ")
+    together = quantize_weights(weights, scheme, {}, stats)
+    for w, result in zip(weights, together, strict=True):
+        (alone,) = quantize_weights([w], scheme, {}, stats)
+        np.testing.assert_array_equal(result.weight.q, alone.weight.q)
+        np.testing.assert_array_equal(result.weight.scale, alone.weight.scale)
+    # AWQ gives the three one input scale, the one its search finds on them side by side
+    shared = quantize_weights(weights, replace(scheme, algorithm="AWQ"), {}, stats)
+    assert all(r.input_scale is not None for r in shared)
+    np.testing.assert_array_equal(shared[0].input_scale, shared[2].input_scale)
+
+
+def test_the_collector_keeps_a_bounded_even_sample_and_says_what_is_missing() -> None:
+    collector = InputStatsCollector({"a": "AWQ", "b": "GPTQ"}, max_rows=50)
+    for i in range(10):
+        collector.add("a", np.full((2, 30, 4), float(i)))  # (batch, tokens, K)
+    with pytest.raises(ValueError, match="no calibration input was fed for op"):
+        collector.result()
+    collector.add("b", np.ones((7, 4)))
+    stats = collector.result()
+    rows = stats["a"].rows
+    assert rows is not None and rows.shape == (50, 4)
+    assert set(np.unique(rows[:, 0])) == set(range(10))  # every batch is represented
+    assert stats["a"].hessian is None and stats["b"].rows is None
+    np.testing.assert_array_equal(stats["a"].max, [9.0] * 4)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        collector.add("b", np.full((1, 4), np.nan))

@@ -141,6 +141,27 @@ def ops(facts: Facts) -> Table:
     return Table("per-op plan", _OP_COLUMNS, tuple(rows))
 
 
+def weight_only(facts: Facts) -> Table | None:
+    """Per op, the weight-only setting that ran (None for an int8 model): bits, group size,
+    scheme, algorithm; the first row is the model size against fp32."""
+    found = facts.report.get("weight_only")
+    if not isinstance(found, dict):
+        return None
+    columns = ("op", "bits", "group_size", "scheme", "algorithm")
+    size = found.get("size") or {}
+    rows: list[tuple[str, ...]] = []
+    if isinstance(size.get("ratio"), (int, float)):
+        shown = (
+            f"{_mb(size.get('bytes'))} ({size['ratio']:.3f}x fp32's {_mb(size.get('fp32_bytes'))})"
+        )
+        rows.append(("model size", shown, "", "", ""))
+    for name, op in (found.get("ops") or {}).items():
+        rows.append((str(name), *(str(op.get(c, "-")) for c in columns[1:])))
+    for name in found.get("fp32_ops") or []:
+        rows.append((str(name), "fp32", "-", "-", "-"))
+    return Table("weight-only quantization", columns, tuple(rows))
+
+
 def all_tables(facts: Facts) -> list[Table]:
     """Every table, in the order both the page and the terminal show them."""
     tables = [comparison(facts), run(facts)]
@@ -148,4 +169,7 @@ def all_tables(facts: Facts) -> list[Table]:
     if tuned is not None:
         tables.append(tuned)
     tables.append(ops(facts))
+    woq = weight_only(facts)
+    if woq is not None:
+        tables.append(woq)
     return tables

@@ -18,7 +18,7 @@ from ..space import QuantPlan, TensorRange
 from .gptq import HessianAccumulator
 from .plan import calibrated_ops
 
-#: AWQ's searches run on at most this many input rows per op (spread evenly over the data):
+#: AWQ's searches run on at most this many input rows per op (a uniform sample of the data):
 #: their cost grows with rows x K x N per grid point
 MAX_ROWS = 512
 
@@ -29,7 +29,7 @@ class InputStats(TensorRange):
 
     #: ``2 X^T X / n`` float64 ``(K, K)`` (GPTQ), or None when no GPTQ choice needs it
     hessian: np.ndarray | None = None
-    #: float32 ``(rows, K)``, at most ``MAX_ROWS`` (AWQ), or None
+    #: float32 ``(rows, K)``, at most ``MAX_ROWS`` drawn uniformly (AWQ), or None
     rows: np.ndarray | None = None
     #: input rows seen (tokens x batch)
     samples: int = 0
@@ -44,10 +44,11 @@ class InputStatsCollector:
         self.needs = {op: (a,) if isinstance(a, str) else tuple(a) for op, a in needs.items()}
         self.max_rows = max_rows
         self._hessian: dict[str, HessianAccumulator] = {}
-        self._rows: dict[str, list[np.ndarray]] = {}
+        self._rows: dict[str, np.ndarray] = {}
         self._lo: dict[str, np.ndarray] = {}
         self._hi: dict[str, np.ndarray] = {}
         self._count: dict[str, int] = {}
+        self._rng: dict[str, np.random.Generator] = {}
 
     @classmethod
     def for_plan(cls, plan: QuantPlan, max_rows: int = MAX_ROWS) -> InputStatsCollector:
@@ -73,16 +74,23 @@ class InputStatsCollector:
         if "GPTQ" in self.needs.get(op, ()):
             self._hessian.setdefault(op, HessianAccumulator()).add(rows)
         if "AWQ" in self.needs.get(op, ()):
-            self._rows.setdefault(op, []).append(rows.copy())
-            self._shrink(op)
+            self._sample(op, rows, self._count[op] - rows.shape[0])
 
-    def _shrink(self, op: str) -> None:
-        """Keep at most ``2 * max_rows`` rows between batches (evenly thinned), ``max_rows``
-        at the end: memory stays bounded whatever the data size."""
-        held = self._rows[op]
-        total = sum(r.shape[0] for r in held)
-        if total > 2 * self.max_rows:
-            self._rows[op] = [_thin(np.concatenate(held), self.max_rows)]
+    def _sample(self, op: str, rows: np.ndarray, seen: int) -> None:
+        """Reservoir sampling (seeded): ``max_rows`` rows drawn uniformly from every row fed so
+        far, whatever the number of batches; memory stays at ``max_rows`` rows."""
+        current = self._rows.get(op, np.empty((0, rows.shape[1]), dtype=np.float32))
+        room = self.max_rows - current.shape[0]
+        if room > 0:
+            current = np.concatenate([current, rows[:room]])
+            seen += min(room, rows.shape[0])
+            rows = rows[room:]
+        if rows.shape[0]:
+            rng = self._rng.setdefault(op, np.random.default_rng(0))
+            slots = rng.integers(0, seen + 1 + np.arange(rows.shape[0]))
+            for index in np.flatnonzero(slots < self.max_rows):
+                current[slots[index]] = rows[index]
+        self._rows[op] = current
 
     def result(self) -> dict[str, InputStats]:
         missing = [op for op in self.needs if op not in self._count]
@@ -90,9 +98,7 @@ class InputStatsCollector:
             raise ValueError(f"no calibration input was fed for op(s): {', '.join(missing)}")
         out = {}
         for op in self.needs:
-            rows = None
-            if op in self._rows:
-                rows = _thin(np.concatenate(self._rows[op]), self.max_rows)
+            rows = self._rows.get(op)
             hess = self._hessian[op].value if op in self._hessian else None
             out[op] = InputStats(
                 np.asarray(self._lo[op], dtype=np.float64),
@@ -102,11 +108,3 @@ class InputStatsCollector:
                 samples=self._count[op],
             )
         return out
-
-
-def _thin(rows: np.ndarray, limit: int) -> np.ndarray:
-    if rows.shape[0] <= limit:
-        return rows
-    keep = np.linspace(0, rows.shape[0] - 1, limit).round().astype(int)
-    thinned: np.ndarray = rows[keep]
-    return thinned
