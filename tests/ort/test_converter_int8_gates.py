@@ -6,7 +6,6 @@ onnxruntime itself: the kernels it runs, and the numbers against the graph befor
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -199,23 +198,19 @@ def _paddle_block(opset: int) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("opset", [11, 15])
-def test_paddle_block_runs_int8_through_its_hard_swishes(opset, tmp_path: Path):
+def test_inc_runs_a_paddle_block_int8_through_its_hard_swishes(opset):
     model = _paddle_block(opset)
     rng = np.random.default_rng(4)
     batches = [rng.normal(0, 1, (2, 16, 12, 12)).astype(np.float32) for _ in range(4)]
     conf = PostTrainingQuantConfig(approach="static", guards=False)
     q = quantization.fit(model, conf, calib_dataloader=batches)
     assert {"pw", "dw", "last"} <= set(q.plan.quantized_ops())
-    out, changed = _rewritten(q.model)
-    assert len(changed) == 2  # both hard-swish gates
-    ran = _kernels(out)
+    ran = _kernels(q.model)
     assert ran["QLinearConv"] == 3 and ran["QLinearMul"] == 2, ran
     assert ran["HardSigmoid"] == 0 and ran["Mul"] == 0 and ran["DequantizeLinear"] <= 1, ran
+    assert _rewritten(q.model)[1] == []  # nothing left to rewrite
     feed = {"x": batches[0]}
-    ref = _run(model, feed)
-    int8, gated = _run(q.model, feed), _run(out, feed)
-    signal = float(np.sum(ref**2))
-    sqnr_before = 10 * np.log10(signal / float(np.sum((ref - int8) ** 2)))
-    sqnr_after = 10 * np.log10(signal / float(np.sum((ref - gated) ** 2)))
-    assert sqnr_after > 25.0 and sqnr_after > sqnr_before - 1.0, (sqnr_before, sqnr_after)
+    ref, got = _run(model, feed), _run(q.model, feed)
+    sqnr = 10 * np.log10(float(np.sum(ref**2)) / float(np.sum((ref - got) ** 2)))
+    assert sqnr > 25.0, sqnr
     assert model.graph.node[0].op_type == "Conv"  # the user's model untouched
