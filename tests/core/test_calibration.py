@@ -15,6 +15,7 @@ from inc_core.calibration import (
     FAR_OCTAVES,
     TOP,
     CalibrationWarning,
+    Octaves,
     _kl_divergence,
     create_observer,
 )
@@ -162,6 +163,22 @@ def test_float32_batches_give_what_their_float64_copies_give(algorithm: str) -> 
         range64 = as64.range()
     assert range32 == range64
     assert [str(w.message) for w in w32] == [str(w.message) for w in w64]
+
+
+@pytest.mark.parametrize("size", [1, 2, 4_001, (1 << 20) * 2 + 3])
+def test_octave_counts_of_float32_are_those_of_float64_at_every_size(size: int) -> None:
+    """Large float32 batches are counted two exponents at a time, in chunks: every value is
+    counted once in its octave, odd sizes and chunk edges included, like its float64 copy."""
+    rng = np.random.default_rng(11)
+    x = (rng.normal(0.0, 1.0, size) * 2.0 ** rng.integers(-140, 120, size)).astype(np.float32)
+    x[rng.random(size) < 0.4] = 0.0  # a ReLU's zeros, -0.0 too
+    x[rng.random(size) < 0.1] = -0.0
+    x[-1] = np.float32(3e-42)  # a subnormal last: the odd value a pair leaves over
+    as32, as64 = Octaves(), Octaves()
+    as32.update(x)
+    as64.update(x.astype(np.float64))
+    assert np.array_equal(as32.counts, as64.counts)
+    assert as32.counts.sum() == size
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

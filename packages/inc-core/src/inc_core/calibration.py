@@ -141,6 +141,41 @@ class FarValues:
 _EXP32_TO_64 = 896
 
 
+#: values per chunk when counting float32 exponents: the chunk's temporaries (1 byte and 4
+#: bytes per value) stay in cache, and a batch of any size costs no more memory than this
+_CHUNK = 1 << 20
+#: tensors with fewer values are counted value by value (see ``_exponent_counts32``)
+_PAIRED = 1 << 16
+
+
+def _exponent_counts32(bits: NDArray[np.uint32]) -> NDArray[np.int64]:
+    """How many of the float32 values (given as their bits) have each biased exponent 0..255.
+
+    The exponent is the byte left when the 23 mantissa bits are shifted out and the sign bit
+    is cast away. Two exponent bytes read as one uint16 are counted together over 65536 bins
+    (each pair's row and column sums give the two bytes' counts): one ``bincount`` entry per
+    two values, which is most of the cost; 3x faster than counting the values one by one
+    (opennsfw's 111 M activation values per batch). A small tensor is counted value by value:
+    the pair table's 65536 bins would cost more than its values.
+    """
+    if bits.size < _PAIRED:
+        single: NDArray[np.int64] = np.bincount((bits >> 23) & 0xFF, minlength=256)
+        return single
+    pairs = np.zeros(1 << 16, dtype=np.int64)
+    even = bits.size - bits.size % 2
+    exponents = np.empty(min(_CHUNK, even), dtype=np.uint8)
+    for start in range(0, even, _CHUNK):
+        part = bits[start : min(start + _CHUNK, even)]
+        chunk = exponents[: part.size]
+        np.right_shift(part, 23, out=chunk, casting="unsafe")
+        pairs += np.bincount(chunk.view(np.uint16), minlength=1 << 16)
+    grid = pairs.reshape(256, 256)
+    counts: NDArray[np.int64] = grid.sum(axis=0) + grid.sum(axis=1)
+    if even < bits.size:
+        counts[int(bits[-1] >> 23) & 0xFF] += 1
+    return counts
+
+
 class Octaves:
     """Counts of ``|x|`` per binary exponent: ``counts[e]`` holds 2**(e-1023) <= |x| < 2**(e-1022)
     (float64's biased exponent; 0 holds zeros and subnormals, which no range is made of)."""
@@ -160,17 +195,20 @@ class Octaves:
     def _update32(self, array: NDArray[np.float32]) -> None:
         """The same counts read from float32's exponent bits, without a float64 copy of the
         batch (that copy and its 64-bit shifts were most of calibration's observer time)."""
-        exponents = (np.ascontiguousarray(array).view(np.int32) >> 23) & 0xFF
-        counts = np.bincount(exponents.ravel(), minlength=256)
+        bits = np.ascontiguousarray(array).reshape(-1).view(np.uint32)
+        counts = _exponent_counts32(bits)
         # a normal float32 of biased exponent e is a float64 of biased exponent e - 127 + 1023
         self.counts[1 + _EXP32_TO_64 : 255 + _EXP32_TO_64] += counts[1:255]
         self.counts[2047] += counts[255]  # inf and NaN, as float64 counts them
         if counts[0]:
-            # zeros and float32 subnormals: the subnormals are normal float64 numbers
-            tiny = array[exponents == 0]
-            tiny = tiny[tiny != 0]
-            self.counts[0] += int(counts[0]) - tiny.size
-            if tiny.size:
+            # zeros and float32 subnormals: the subnormals are normal float64 numbers. Most of
+            # these are the zeros of a ReLU's output: counted in one pass, and the subnormals
+            # (rare) picked out only when there are any
+            flat = bits.view(np.float32)
+            zeros = int(np.count_nonzero(flat == 0))
+            self.counts[0] += zeros
+            if counts[0] > zeros:
+                tiny = flat[(((bits >> 23) & 0xFF) == 0) & (flat != 0)]
                 self.update(tiny.astype(np.float64))
 
     def far(self) -> FarValues | None:

@@ -114,18 +114,21 @@ def collect_ranges(
             return
         seen.add(name)
         if name in observers and name not in unbounded:
-            # one pass over the tensor when it is finite (the common case), a second only
-            # to tell NaN from inf when it is not
-            if not np.isfinite(value).all():
+            # the observer's min/max pass is the finiteness check (it refuses NaN and inf
+            # before counting anything); only then are NaN and inf told apart
+            try:
+                observers[name].update(value)
+            except DataError:
+                if np.isfinite(value).all():
+                    raise  # another refusal, which names itself
                 if np.isnan(value).any():
                     raise DataError(
                         f"tensor {name!r} became NaN on the calibration data; check the inputs "
                         "and the fp32 model"
-                    )
+                    ) from None
                 log.info("tensor %r holds inf on the calibration data: it stays float", name)
                 unbounded.add(name)
                 return
-            observers[name].update(value)
         if name in mean_names:
             axis = value.ndim - 1 if value.ndim == 3 else min(1, value.ndim - 1)
             moved = np.moveaxis(value.astype(np.float64), axis, -1).reshape(-1, value.shape[axis])
