@@ -79,8 +79,23 @@ def guards(rows: list[dict[str, Any]]) -> str:
                     else ""
                 )
                 + (f"; {r['inc_ops']}" if r.get("inc_ops") else "")
+                + _guard_time(r)
             )
     return "\n".join(out)
+
+
+def _guard_time(r: dict[str, Any]) -> str:
+    """What the guards cost, out of the whole fit the table's quantization time measures: the
+    guards' own work (fidelity comparisons, speed rounds, fallback builds), and apart from it
+    the per-op diagnosis, which fit measures with guards=False too."""
+    total, diagnosis = r.get("inc_guard_s"), r.get("inc_diagnosis_s") or 0.0
+    if total is None or not r.get("inc_s"):
+        return ""
+    own = total - diagnosis
+    return (
+        f"; guards {own:.2f} s = {100 * own / r['inc_s']:.0f}% of the {r['inc_s']:.2f} s"
+        f" quantization (+ per-op diagnosis {diagnosis:.2f} s = {100 * diagnosis / r['inc_s']:.0f}%)"
+    )
 
 
 def main() -> None:

@@ -94,6 +94,8 @@ def bench(model: CorpusModel, rounds: int, n_calib: int, n_eval: int) -> dict[st
                 inc_mb=mem,
                 inc_speed=q.report.get("speed"),
                 inc_fallback=q.report.get("fallback"),
+                inc_guard_s=q.report.get("guard_seconds"),
+                inc_diagnosis_s=q.report.get("diagnosis_seconds"),
             )
             row["inc_ops"] = _plan_summary(q)
         except Exception as exc:

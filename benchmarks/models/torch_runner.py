@@ -56,6 +56,8 @@ def bench(name: str, rounds: int, n_calib: int = 4, n_eval: int = 4) -> dict[str
             inc_mb=mem,
             inc_speed=q.report.get("speed"),
             inc_fallback=q.report.get("fallback"),
+            inc_guard_s=q.report.get("guard_seconds"),
+            inc_diagnosis_s=q.report.get("diagnosis_seconds"),
         )
     except Exception as exc:
         row["inc_error"] = failure(exc)

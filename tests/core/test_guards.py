@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -77,6 +78,28 @@ def test_guards_off_quantizes_every_op_and_measures_nothing():
     assert q.report["fidelity"] == {"skipped": "guards=False"}
     assert q.guard_warnings == []
     assert q.config["guards"] is False
+    assert q.report["diagnosis_seconds"] >= 0.0 and "guard_seconds" not in q.report
+
+
+class SlowDiagnosis(ToyBackend):
+    """The per-op diagnosis takes 50 ms of every op_outputs call: a clock long enough to tell
+    its share of the guards' time apart (a lower bound, no upper one: no timing assert)."""
+
+    name = "slow-diagnosis"
+
+    def op_outputs(self, model: ToyNet, inputs: Any, ops: Any) -> dict[str, Any]:
+        time.sleep(0.05)
+        return super().op_outputs(model, inputs, ops)
+
+
+def test_the_diagnosis_time_is_reported_apart_from_the_guards_own():
+    """``guard_seconds`` holds everything the guards did; ``diagnosis_seconds`` the part spent
+    on the per-op diagnosis the report shows (fit measures it with guards=False too), so the
+    guards' own cost is the difference. Both op_outputs calls (fp32 and int8) count."""
+    with Registered(SlowDiagnosis):
+        q = fit(toy_net())
+    assert q.report["diagnosis_seconds"] >= 0.1
+    assert q.report["guard_seconds"] >= q.report["diagnosis_seconds"]
 
 
 # -- the speed guard -------------------------------------------------------------------------
@@ -709,7 +732,14 @@ def test_guard_report_and_sqnr_db_survive_save_and_load(mlp, calib_loader, tmp_p
     q.save(tmp_path / "q")
     manifest = json.loads((tmp_path / "q" / "inc.json").read_text())
     assert manifest["op_report"] == q.op_report()
-    for key in ("speed", "fallback", "fidelity", "op_diagnosis", "guard_seconds"):
+    for key in (
+        "speed",
+        "fallback",
+        "fidelity",
+        "op_diagnosis",
+        "guard_seconds",
+        "diagnosis_seconds",
+    ):
         assert key in manifest["report"], key
     loaded = load(tmp_path / "q")
     assert loaded.op_report() == q.op_report()

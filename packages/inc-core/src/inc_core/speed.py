@@ -27,9 +27,11 @@ from .backend import Backend
 #: rounds per measurement at most, and ``latency`` calls of the batch per model per round
 ROUNDS = 5
 CALLS = 3
-#: seconds of runs per model per round: a batch that takes longer runs once per round (a big
-#: model at batch 8 takes ~0.4 s: three runs per round would cost more than quantizing it)
-LONG_RUN = 0.1
+#: seconds of runs per model per round: a batch that takes longer runs once per round. Several
+#: runs per round only smooth a short run's timer and scheduling jitter; a run of 30 ms is
+#: past that, and the best of the rounds leaves a busy run out anyway. (At 0.1 s opennsfw's
+#: fp32 batch, 80 ms, ran twice per round: the speed guard cost 0.7 s of a 4.2 s fit.)
+LONG_RUN = 0.03
 #: a measurement decides after this many rounds at the earliest: the two best of 3 rounds are
 #: both from a busy stretch only when all 3 runs of a model were (with 2 rounds, one run in 10
 #: slowed makes that 1 in 100 measurements)
