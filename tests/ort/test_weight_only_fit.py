@@ -14,6 +14,7 @@ import pytest
 
 import inc_core
 from inc_core import PostTrainingQuantConfig, quantization
+from inc_core.config import AccuracyCriterion, TuningCriterion
 from inc_core.errors import ConfigError
 from inc_core.weight_only import WeightOnlyScheme, scheme_of
 from inc_ort import accuracy_level
@@ -124,6 +125,30 @@ def test_save_and_load_round_trip(small: dict[str, Any], tmp_path: Path) -> None
     np.testing.assert_array_equal(run(back.model, small["x"]), run(q.model, small["x"]))
     manifest = (tmp_path / "woq" / "inc.json").read_text()
     assert '"weight_only"' in manifest and '"group_size": 32' in manifest
+
+
+def test_tuning_mixes_bits_per_op_to_meet_the_goal(small: dict[str, Any]) -> None:
+    """2-bit weights miss the goal; accuracy-aware tuning gives ops 8 bits (or fp32) back."""
+    reference = run(small["model"], small["x"])
+
+    def negative_error(model: onnx.ModelProto) -> float:
+        out = run(model, small["x"])
+        return -float(np.mean((out - reference) ** 2) / np.mean(reference**2))
+
+    conf = PostTrainingQuantConfig(
+        approach="weight_only",
+        op_type_dict={".*": {"weight": {"bits": 2, "group_size": 32, "scheme": "asym"}}},
+        accuracy_criterion=AccuracyCriterion(tolerable_loss=0.01, criterion="absolute"),
+        tuning_criterion=TuningCriterion(max_trials=20),
+    )
+    default = quantization.fit(small["model"], conf)
+    assert negative_error(default.model) < -0.01
+    q = quantization.fit(small["model"], conf, eval_func=negative_error)
+    assert negative_error(q.model) >= -0.01
+    built = nbits(q.model)
+    assert any(a["bits"] == 8 for a in built.values()), built
+    assert {r["bits"] for r in q.report["per_op"]} <= {2, 8, None}
+    assert q.report["weight_only"]["size"]["ratio"] < 1.0
 
 
 @pytest.mark.parametrize("algorithm", ["RTN", "GPTQ"])
@@ -244,7 +269,7 @@ def minilm_results(
     for label, conf, data in (
         ("RTN", woq(), None),
         ("RTN full range", woq(recipes=full), None),
-        ("GPTQ", woq("GPTQ"), calib),
+        ("GPTQ full range", woq("GPTQ", recipes={"gptq_args": {"enable_full_range": True}}), calib),
         ("AWQ", woq("AWQ"), calib),
     ):
         q = quantization.fit(minilm, conf, calib_dataloader=data)
@@ -269,15 +294,16 @@ def test_minilm_rtn_is_at_least_onnxruntimes_rtn(minilm_results: dict[str, Any])
 @pytest.mark.slow
 def test_minilm_gptq_or_awq_reach_098(minilm_results: dict[str, Any]) -> None:
     cos = minilm_results["cosine"]
-    assert max(cos["GPTQ"], cos["AWQ"]) >= 0.98, cos
-    assert cos["GPTQ"] > cos["peer RTN"] and cos["AWQ"] > cos["peer RTN"], cos
+    # measured: GPTQ 0.981 on INC's default grid, 0.986 on the full range; AWQ 0.977
+    assert max(cos["GPTQ full range"], cos["AWQ"]) >= 0.98, cos
+    assert cos["GPTQ full range"] > cos["peer RTN"] and cos["AWQ"] > cos["peer RTN"], cos
 
 
 @pytest.mark.slow
 def test_minilm_int4_is_at_most_062_of_fp32_with_embeddings_fp32(
     minilm_results: dict[str, Any],
 ) -> None:
-    q = minilm_results["models"]["GPTQ"]
+    q = minilm_results["models"]["GPTQ full range"]
     kept = {i.name for i in q.model.graph.initializer}
     assert {"word_embeddings", "position_embeddings"} <= kept  # embeddings stay fp32
     assert len(nbits(q.model)) == 36  # every weighted MatMul of the 6 layers
