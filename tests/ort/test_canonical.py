@@ -196,6 +196,39 @@ def test_runtime_shape_probe_marks_dynamic_dims_symbolic() -> None:
     assert dims["fc"][1] == 6 and isinstance(dims["fc"][0], str)
 
 
+def test_runtime_shape_probe_keeps_downsampled_dims_symbolic() -> None:
+    # three stride-2 convs over a dynamic H x W, then a global pool: the probe's sizes must stay
+    # apart through the downsampling (1 and 2 both gave 1x1 maps, written as fixed 1)
+    h = onnx.helper
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i in range(3):
+        w = rng.normal(0, 0.1, (4, 3 if i == 0 else 4, 3, 3)).astype(np.float32)
+        inits.append(onnx.numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(
+            h.make_node(
+                "Conv", [prev, f"w{i}"], [f"c{i}"], name=f"c{i}", strides=[2, 2], pads=[1] * 4
+            )
+        )
+        prev = f"c{i}"
+    nodes.append(h.make_node("GlobalAveragePool", [prev], ["y"], name="gap"))
+    graph = h.make_graph(
+        nodes,
+        "strided",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 1, 1])],
+        inits,
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    inferred = shapes._with_runtime(model)
+    dims = {
+        vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+        for vi in inferred.graph.value_info
+    }
+    assert dims["c2"][1] == 4
+    assert all(isinstance(d, str) for d in (dims["c2"][0], dims["c2"][2], dims["c2"][3])), dims
+
+
 def test_a_step_that_cannot_apply_is_skipped_with_its_reason() -> None:
     model = cg.tf2onnx_nhwc_conv_bn()
     model.ir_version = 3

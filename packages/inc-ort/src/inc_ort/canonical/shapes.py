@@ -12,9 +12,14 @@ from .._runtime import onnx, ort
 from ..model_io import PROTOBUF_LIMIT
 from ._graph import Graph, Outcome, Skip
 
-#: a dynamic input dimension is given these sizes in the runtime probe; a dim of an
-#: intermediate that differs between the two runs is written as symbolic
-_PROBE_SIZES = (1, 2)
+#: the runtime probe's two runs give a dynamic input dimension these sizes: (first dim, the
+#: others). A dim of an intermediate that differs between the two runs is written as symbolic,
+#: so the sizes must stay apart through a CNN's downsampling: with H = W = 1 and 2 every
+#: feature map past a stride-2 conv was 1x1 in both runs and written as fixed 1 (PP-OCR's
+#: classifier: [N, 200, 1, 1] for a tensor that is [8, 200, 2, 96] on its real inputs), which
+#: onnxruntime then trusts. 64 and 128 stay apart through 64x downsampling and are multiples
+#: of 32 (detectors concatenate upsampled maps); the first dim (a batch) stays small.
+_PROBE_SIZES = ((1, 64), (2, 128))
 
 
 def _untyped(model: onnx.ModelProto) -> list[str]:
@@ -73,10 +78,11 @@ def _with_symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _dummy(vi: onnx.ValueInfoProto, size: int) -> np.ndarray:
+def _dummy(vi: onnx.ValueInfoProto, sizes: tuple[int, int]) -> np.ndarray:
     tt = vi.type.tensor_type
     dims = [
-        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else size for d in tt.shape.dim
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else sizes[min(i, 1)]
+        for i, d in enumerate(tt.shape.dim)
     ]
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
     if np.issubdtype(dtype, np.floating):
@@ -101,8 +107,8 @@ def _with_runtime(model: onnx.ModelProto) -> onnx.ModelProto:
     )
     inits = {i.name for i in model.graph.initializer}
     feeds = [
-        {vi.name: _dummy(vi, size) for vi in model.graph.input if vi.name not in inits}
-        for size in _PROBE_SIZES
+        {vi.name: _dummy(vi, sizes) for vi in model.graph.input if vi.name not in inits}
+        for sizes in _PROBE_SIZES
     ]
     names = [o.name for o in sess.get_outputs()]
     runs = [dict(zip(names, sess.run(None, feed), strict=True)) for feed in feeds]
