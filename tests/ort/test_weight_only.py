@@ -17,7 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 from inc_core import PostTrainingQuantConfig
 from inc_core.errors import ConfigError
 from inc_core.weight_only import WeightOnlyScheme, dequantize, rtn
-from inc_ort.weight_only import chooser_from_config, pack_values, quantize_model
+from inc_ort.matmulnbits import pack_values
+from inc_ort.weight_only import chooser_from_config, quantize_model
 
 #: (K, N) of the MLP's three MatMuls: 100 and 200 are no multiple of 32, 64 or 128 (padding)
 SHAPES = ((64, 200), (200, 100), (100, 256))

@@ -17,6 +17,7 @@ import numpy as np
 from inc_core.weight_only import quantize
 
 from ._runtime import onnx, ort
+from .matmulnbits import pack
 
 #: level 4's outputs may differ from level 0's by int8 rounding of A: at most this relative RMS
 AGREEMENT = 0.02
@@ -41,8 +42,6 @@ def measured() -> dict[tuple[int, int, int, int, bool], int]:
 
 
 def _node_model(k: int, n: int, bits: int, block: int, asym: bool, level: int) -> bytes:
-    from .weight_only import pack  # the packing, without an import cycle at module load
-
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
     qw = quantize(w, bits, block, "asym" if asym else "sym")
