@@ -176,7 +176,8 @@ def _weight_only_checks(
         log.warning(
             "weight-only outputs are below the fidelity threshold on held-out calibration data "
             "(SQNR %.1f dB, cosine %.4f); nothing fell back: keep sensitive ops in fp32 or at 8 "
-            "bits with op_name_dict, try algorithm 'GPTQ'/'AWQ', or tune with an eval_func",
+            "bits with op_name_dict, use a smaller group_size or algorithm 'GPTQ'/'AWQ' (with "
+            "calib_dataloader), or tune with an eval_func (report['per_op'] has each op's sqnr_db)",
             measured.get("sqnr_db", float("nan")),
             measured.get("cosine", float("nan")),
         )
