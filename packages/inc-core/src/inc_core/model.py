@@ -17,6 +17,8 @@ from . import backend as registry
 from . import report as report_page
 from .errors import ConfigError, ModelError
 from .space import QuantPlan
+from .weight_only import plan as weight_only_plan
+from .weight_only import summary as weight_only_summary
 
 FORMAT_VERSION = 1
 MANIFEST = "inc.json"
@@ -50,7 +52,8 @@ class QuantizedModel:
     def op_report(self) -> list[dict[str, Any]]:
         """One row per op: name, type, approach, activation and weight dtypes, ``sqnr_db`` (the
         op's output int8 vs fp32 on calibration data; None for fp32 ops or when unknown) and
-        ``runs_as`` (what the runtime executes for it; "" when unknown)."""
+        ``runs_as`` (what the runtime executes for it; "" when unknown). A weight-only model's
+        rows also carry ``bits``, ``group_size``, ``weight_scheme`` and ``algorithm``."""
         diagnosis = self.report.get("op_diagnosis") or {}
         rows = []
         for name, op in self.plan.ops.items():
@@ -66,6 +69,8 @@ class QuantizedModel:
                     "runs_as": known.get("runs_as", ""),
                 }
             )
+        if weight_only_plan.is_weight_only(self.plan):
+            return weight_only_summary.annotate_rows(rows, self.plan)
         return rows
 
     def save(self, directory: str | os.PathLike[str]) -> Path:

@@ -98,13 +98,12 @@ def fit(
 
 
 def _weight_only_report(session: Session, result: QuantizedModel) -> QuantizedModel:
-    """``report["weight_only"]`` (bits, group size, algorithm per op; model size) and those
-    fields in ``report["per_op"]``, for a weight-only result; other results unchanged."""
+    """``report["weight_only"]`` (bits, group size, algorithm per op; model size) for a
+    weight-only result; other results unchanged."""
     found = weight_only_summary.summary(session.backend, session.model, result.model, result.plan)
     if found is not None:
         result.report["weight_only"] = found
-        rows = result.report.get("per_op") or result.op_report()
-        result.report["per_op"] = weight_only_summary.annotate_rows(rows, result.plan)
+        result.report["per_op"] = result.op_report()  # with the weight-only fields
     return result
 
 
