@@ -62,7 +62,8 @@ def test_default_static_is_qdq_and_keeps_top1(cnn_path, calib, digits, fp32_top1
 
 def test_graph_scales_equal_inc_core_scheme(cnn, calib, digits):
     """The numbers onnxruntime's quantizer wrote are the core's reference math, bit for bit."""
-    q = quantization.fit(cnn, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib)
+    conf = PostTrainingQuantConfig(approach="static", guards=False)  # no op timed back to fp32
+    q = quantization.fit(cnn, conf, calib_dataloader=calib)
     # conv1's input, on the 100 samples calibration_sampling_size takes by default
     x = fp32_tensor(cnn, "relu0_out", np.concatenate([b[0] for b in calib])[:100])
     expected = scheme.compute_qparams(
@@ -84,6 +85,7 @@ def test_int8_symmetric_activations_use_the_onnxrt_int8_formula(cnn, calib):
     conf = PostTrainingQuantConfig(
         approach="static",
         op_type_dict={"Conv": {"activation": {"dtype": ["int8"], "scheme": ["sym"]}}},
+        guards=False,
     )
     q = quantization.fit(cnn, conf, calib_dataloader=calib)
     x = fp32_tensor(cnn, "relu0_out", np.concatenate([b[0] for b in calib])[:100])
@@ -148,12 +150,12 @@ def test_unknown_op_type_rule_is_an_error_listing_types(cnn, calib):
 
 
 def test_calibration_sampling_size_limits_the_samples(cnn, calib):
-    conf = PostTrainingQuantConfig(approach="static", calibration_sampling_size=[50])
+    # guards off: the speed guard could time conv2 back to fp32, leaving relu1_out unquantized
+    conf = PostTrainingQuantConfig(approach="static", calibration_sampling_size=[50], guards=False)
     limited = quantization.fit(cnn, conf, calib_dataloader=calib)
-    first_only = quantization.fit(
-        cnn, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib[:1]
-    )
-    full = quantization.fit(cnn, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib)
+    unlimited = PostTrainingQuantConfig(approach="static", guards=False)
+    first_only = quantization.fit(cnn, unlimited, calib_dataloader=calib[:1])
+    full = quantization.fit(cnn, unlimited, calib_dataloader=calib)
     tensor = "relu1_out"
     assert q_params_of(limited.model, tensor)[0] == q_params_of(first_only.model, tensor)[0]
     assert q_params_of(limited.model, tensor)[0] != q_params_of(full.model, tensor)[0]
@@ -163,7 +165,9 @@ def test_calibration_sampling_size_limits_the_samples(cnn, calib):
 def test_calibration_algorithms_come_from_core_observers(cnn, calib, digits, fp32_top1, algorithm):
     assert algorithm in OBSERVERS
     rule = {"activation": {"algorithm": [algorithm]}}
-    conf = PostTrainingQuantConfig(approach="static", op_type_dict={"Conv": rule, "Gemm": rule})
+    conf = PostTrainingQuantConfig(
+        approach="static", op_type_dict={"Conv": rule, "Gemm": rule}, guards=False
+    )
     q = quantization.fit(cnn, conf, calib_dataloader=calib)
     from inc_core.calibration import create_observer
 
@@ -186,10 +190,9 @@ def test_calibration_data_reader_is_accepted(cnn, calib, digits, fp32_top1):
         def get_next(self) -> dict | None:
             return next(self.items, None)
 
-    q = quantization.fit(cnn, PostTrainingQuantConfig(approach="static"), calib_dataloader=Reader())
-    reference = quantization.fit(
-        cnn, PostTrainingQuantConfig(approach="static"), calib_dataloader=calib
-    )
+    conf = PostTrainingQuantConfig(approach="static", guards=False)  # no op timed back to fp32
+    q = quantization.fit(cnn, conf, calib_dataloader=Reader())
+    reference = quantization.fit(cnn, conf, calib_dataloader=calib)
     assert q_params_of(q.model, "relu1_out") == q_params_of(reference.model, "relu1_out")
     assert top1(q.model, digits) >= fp32_top1 * 0.99
 

@@ -252,6 +252,9 @@ class OrtBackend(Backend):
                 work = run(quantizer)
                 if not qoperator:
                     cleanup.strip_output_qdq(work)
+                    # the listed depthwise convs (graph.is_depthwise) pay only with the
+                    # hard-sigmoid gates between them in int8
+                    cleanup.int8_gates(work)
                 cleanup.keep_float(work, {n for n, op in plan.ops.items() if not op.quantized})
             if nodes.dynamic:
                 big = model_io.detached(work)

@@ -10,24 +10,13 @@ from ._runtime import onnx
 
 
 def strip_output_qdq(model: onnx.ModelProto) -> int:
-    """Remove ``X -> QuantizeLinear -> DequantizeLinear -> graph output`` round trips, then
-    rewrite the hard-sigmoid gates between int8 tensors (``int8_gates``).
+    """Remove ``X -> QuantizeLinear -> DequantizeLinear -> graph output`` round trips.
 
     The float graph output gains nothing from being rounded to int8 first; without the pair
     onnxruntime fuses the producer (DQ-Gemm into QGemm, DQ-MatMul into MatMulIntegerToFloat,
     both with a float output). Only for those producers: a Conv needs its Q to run as
     QLinearConv. In place; returns how many pairs were removed.
-
-    ``int8_gates`` runs here because this is the one clean-up OrtBackend.quantize calls on a
-    QDQ graph (until it calls ``int8_gates`` itself): the listed depthwise convs
-    (``graph.is_depthwise``) pay only with the gates between them in int8.
     """
-    removed = _strip_output_pairs(model)
-    int8_gates(model)
-    return removed
-
-
-def _strip_output_pairs(model: onnx.ModelProto) -> int:
     graph = model.graph
     outputs = {o.name for o in graph.output}
     producers = {o: n for n in graph.node for o in n.output}
