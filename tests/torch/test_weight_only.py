@@ -50,20 +50,22 @@ def _weight(layer: nn.Module) -> np.ndarray:
         (48, 2, 16, "sym"),
     ],
 )
-def test_kernel_matches_inc_core_dequantized_weights(kernel, k, bits, group, scheme):
-    layer = _linear(k, 24)
+def test_kernel_matches_inc_core_dequantized_weights(kernel, k, bits, group, scheme, monkeypatch):
+    # tiles of 7 output channels for the many-rows path: 25 outputs make 4 tiles, one short
+    monkeypatch.setattr(kernels, "TILE_ELEMENTS", 7 * k)
+    layer = _linear(k, 25)
     qw = rtn(_weight(layer), bits, group, scheme)
     module = WeightOnlyLinear.from_quantized(qw, layer.bias, kernel=kernel)
     reference_weight = torch.from_numpy(qw.dequantize())
     assert torch.equal(module.dequantized_weight(), reference_weight.T)
     torch.manual_seed(1)
-    # 1 and 3 rows: the fused reduction (decode steps); 9 rows: dequantize + GEMM (a prompt)
-    for rows in (1, 3, 9):
+    # 1 and 3 rows: the fused reduction (decode steps); 11 rows: dequantized tiles + GEMM
+    for rows in (1, 3, 11):
         x = torch.randn(2, rows, k)
         with torch.no_grad():
             got = module(x)
         want = x @ reference_weight + layer.bias.detach()
-        assert got.shape == (2, rows, 24)
+        assert got.shape == (2, rows, 25)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 

@@ -147,25 +147,36 @@ class WeightOnlyLinear(nn.Module):
                 self.group_size,
             )
         if out is None:
-            args = (
-                self.qweight,
-                self.scale,
-                self.zero_point,
-                self.bits,
-                self.group_size,
-                self.in_features,
-            )
-            weight = (
-                kernels.run(kernels.dequantized, self._key("dequantized"), *args)
-                if inductor
-                else None
-            )
-            if weight is None:
-                weight = kernels.dequantized(*args)
-            out = torch.nn.functional.linear(rows, weight)
+            out = self._tiled(rows, inductor)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _tiled(self, rows: torch.Tensor, inductor: bool) -> torch.Tensor:
+        """``rows @ W.T`` a block of outputs at a time: each block's weight is dequantized
+        into a tile of about ``kernels.TILE_ELEMENTS`` floats (cache-sized: no full fp32
+        weight is ever allocated) and multiplied by the float GEMM into its rows of ``out``."""
+        n, k = self.out_features, self.in_features
+        tiles = -(-n * k // kernels.TILE_ELEMENTS)
+        step = -(-n // tiles)
+        out_t = torch.empty(n, rows.shape[0], dtype=torch.float32)
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            zero = None if self.zero_point is None else self.zero_point[start:stop]
+            args = (
+                self.qweight[start:stop],
+                self.scale[start:stop],
+                zero,
+                self.bits,
+                self.group_size,
+                k,
+            )
+            key = (*self._key("tile"), stop - start)
+            weight = kernels.run(kernels.dequantized, key, *args) if inductor else None
+            if weight is None:
+                weight = kernels.dequantized(*args)
+            torch.mm(weight, rows.T, out=out_t[start:stop])
+        return out_t.T
 
     def extra_repr(self) -> str:
         return (
