@@ -218,3 +218,23 @@ def test_op_choices_merge_type_rules_then_name_rules() -> None:
     # no rule at all: INC's defaults
     bare = PostTrainingQuantConfig(approach="weight_only")
     assert op_choices(bare, "fc", "MatMul") == [WeightOnlyScheme(4, 32, "sym", "RTN")]
+
+
+def test_op_type_dict_keys_may_name_the_backends_aliases() -> None:
+    from inc_core.space import OpCapability, OpInfo
+    from inc_core.weight_only.plan import (
+        WEIGHT_ONLY_ACTIVATION,
+        build_space,
+        scheme_of,
+        weight_options,
+    )
+
+    ops = [OpInfo("fc1", "Linear"), OpInfo("fc2", "Linear")]
+    capability = {"Linear": OpCapability(WEIGHT_ONLY_ACTIVATION, weight_options([4, 8], [32]))}
+    aliases = {"MatMul": ("Linear",), "Conv": ("Conv2d",)}
+    eight = woq(op_type_dict={"MatMul": {"weight": {"bits": 8}}}, op_name_dict=None)
+    spaces = build_space(ops, capability, eight, aliases)
+    assert [scheme_of(s.choices[0]).bits for s in spaces] == [8, 8]  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match=r"'Gemm' matches no op type.*aliases: MatMul"):
+        gemm = woq(op_type_dict={"Gemm": {"weight": {"bits": 8}}}, op_name_dict=None)
+        build_space(ops, capability, gemm, aliases)

@@ -311,7 +311,9 @@ def prepare_session(
         approaches = (approach,)
     capabilities = {a: backend.capability(a, conf.device) for a in approaches}
     if approach == "weight_only":
-        spaces = weight_only_plan.build_space(ops, capabilities[approach], conf)
+        spaces = weight_only_plan.build_space(
+            ops, capabilities[approach], conf, backend.op_type_aliases
+        )
     else:
         spaces = build_space(ops, capabilities, conf, backend.op_type_aliases)
     if approach == "weight_only" and not any(c.quantized for s in spaces for c in s.choices):

@@ -80,20 +80,33 @@ def _matches(pattern: str, text: str) -> bool:
     return pattern == text or re.fullmatch(pattern, text) is not None
 
 
-def merged_fields(conf: Any, op_name: str, op_type: str) -> dict[str, tuple[Any, ...]]:
-    """The weight fields the rules give ``op_name`` (of ``op_type``), defaults filled in."""
+def _type_matches(pattern: str, op_type: str, aliases: Mapping[str, Sequence[str]]) -> bool:
+    """An ``op_type_dict`` key against an op type: a full-match pattern, or a name the
+    backend aliases to it (``"MatMul"`` for torch's ``Linear``, ``"Linear"`` for ONNX)."""
+    return _matches(pattern, op_type) or op_type in aliases.get(pattern, ())
+
+
+def merged_fields(
+    conf: Any, op_name: str, op_type: str, aliases: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, tuple[Any, ...]]:
+    """The weight fields the rules give ``op_name`` (of ``op_type``), defaults filled in;
+    ``aliases`` are the backend's ``op_type_aliases``."""
     fields: dict[str, tuple[Any, ...]] = {k: (v,) for k, v in RULE_DEFAULTS.items()}
-    for rules, key in ((conf.op_type_dict or {}, op_type), (conf.op_name_dict or {}, op_name)):
-        for pattern, tensors in rules.items():
-            if _matches(pattern, key):
-                fields.update(tensors.get("weight", {}))
+    for pattern, tensors in (conf.op_type_dict or {}).items():
+        if _type_matches(pattern, op_type, aliases or {}):
+            fields.update(tensors.get("weight", {}))
+    for pattern, tensors in (conf.op_name_dict or {}).items():
+        if _matches(pattern, op_name):
+            fields.update(tensors.get("weight", {}))
     return fields
 
 
-def op_choices(conf: Any, op_name: str, op_type: str) -> list[WeightOnlyScheme | None]:
+def op_choices(
+    conf: Any, op_name: str, op_type: str, aliases: Mapping[str, Sequence[str]] | None = None
+) -> list[WeightOnlyScheme | None]:
     """Every setting the rules allow for the op, default first; ``None`` keeps it in fp32
     (last, or alone when the rules ask only for fp32)."""
-    fields = merged_fields(conf, op_name, op_type)
+    fields = merged_fields(conf, op_name, op_type, aliases)
     choices: list[WeightOnlyScheme | None] = []
     if "int" in fields["dtype"]:
         combos = itertools.product(
@@ -214,7 +227,9 @@ def _shown(field: str, value: str) -> Any:
     return repr(value)
 
 
-def _check_rule_keys(conf: Any, ops: Sequence[OpInfo]) -> None:
+def _check_rule_keys(
+    conf: Any, ops: Sequence[OpInfo], aliases: Mapping[str, Sequence[str]]
+) -> None:
     names = [op.name for op in ops]
     for key in conf.op_name_dict or {}:
         if not any(_matches(key, n) for n in names):
@@ -225,28 +240,35 @@ def _check_rule_keys(conf: Any, ops: Sequence[OpInfo]) -> None:
             )
     types = sorted({op.type for op in ops})
     for key in conf.op_type_dict or {}:
-        if not any(_matches(key, t) for t in types):
+        if not any(_type_matches(key, t, aliases) for t in types):
+            named = sorted(a for a, targets in aliases.items() if set(targets) & set(types))
+            also = f"; or their aliases: {', '.join(named)}" if named else ""
             raise ConfigError(
                 f"op_type_dict key {key!r} matches no op type with weight-only kernels in this "
-                f"model (keys are full-match patterns); types: {', '.join(types)}"
+                f"model (keys are full-match patterns); types: {', '.join(types)}{also}"
             )
 
 
 def build_space(
-    ops: Sequence[OpInfo], capability: Mapping[str, OpCapability], conf: Any
+    ops: Sequence[OpInfo],
+    capability: Mapping[str, OpCapability],
+    conf: Any,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> list[OpSpace]:
     """The weight-only choices of each op the capability covers (others are left out):
-    the rules' settings (default first), an 8-bit RTN fallback, then fp32."""
+    the rules' settings (default first), an 8-bit RTN fallback, then fp32. ``aliases`` are
+    the backend's ``op_type_aliases`` (``op_type_dict`` keys may name an aliased type)."""
+    aliases = aliases or {}
     weight_ops = [
         op for op in ops if op.type in capability and capability[op.type].weight is not None
     ]
-    _check_rule_keys(conf, weight_ops)
+    _check_rule_keys(conf, weight_ops, aliases)
     spaces = []
     for op in weight_ops:
         options = capability[op.type].weight
         assert options is not None
         quant: list[OpQuant] = []
-        for choice in op_choices(conf, op.name, op.type):
+        for choice in op_choices(conf, op.name, op.type, aliases):
             if choice is not None:
                 _check_offered(op, choice, options)
                 quant.append(op_quant(choice))
