@@ -21,7 +21,7 @@ import torch
 from inc_torch.perplexity import perplexity
 from tests.datasets import package_dir
 
-from .common import Fitted, inc_fit, timed, weight_only_conf
+from .common import Fitted, inc_fit, model_bytes, timed, weight_only_conf
 from .core_math import Scheme, fake_quantized, packed_bytes
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -130,7 +130,7 @@ def fake(
 
     out = copy.deepcopy(model)
     mods = linears(out)
-    size = sum(t.numel() * t.element_size() for t in out.state_dict().values())
+    size = model_bytes(out)
     for lead, names in groups.items():
         ws = [mods[n].weight.detach().numpy().T for n in names]  # (K, N) each
         if s.algorithm == "GPTQ":
@@ -138,7 +138,7 @@ def fake(
             deq = woq.gptq(joined, hess[lead], s.bits, s.group_size, s.scheme).dequantize()
             news = np.split(deq, np.cumsum([w.shape[1] for w in ws])[:-1], axis=1)
         else:
-            news = fake_quantized(ws, s, rows[lead])
+            news = fake_quantized(ws, s, rows.get(lead))
         for n, w, new in zip(names, ws, news, strict=True):
             with torch.no_grad():
                 mods[n].weight.copy_(torch.from_numpy(np.ascontiguousarray(new.T)))
@@ -158,9 +158,7 @@ def run(eval_tokens: int, calib_batches: int, window: int = 512) -> list[dict[st
         return perplexity(m, ids, window=window)
 
     base, secs = timed(lambda: ppl(model))
-    fp32_size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    # the tied lm_head shares the embedding's storage: state_dict lists it twice
-    fp32_size -= model.lm_head.weight.numel() * 4 if model.config.tie_word_embeddings else 0
+    fp32_size = model_bytes(model)
     rows = [_row("fp32 (the GGUF dequantized)", base, base, fp32_size, fp32_size, None)]
     print(f"  fp32 perplexity {base:.3f} ({secs:.0f} s per evaluation)", flush=True)
 
@@ -171,6 +169,7 @@ def run(eval_tokens: int, calib_batches: int, window: int = 512) -> list[dict[st
         rows.append(
             _fitted_row(f"inc {s.label()} (quantization.fit)", fitted, ppl, base, fp32_size)
         )
+        print(f"  {rows[-1]}", flush=True)
         if not fitted.ok:
             missing.append(s)
     missing.append(SANITY)
@@ -208,7 +207,7 @@ def _fitted_row(name: str, fitted: Fitted, ppl: Any, base: float, fp32_size: int
             "size": "-",
             "quant_s": "-",
         }
-    size = sum(t.numel() * t.element_size() for t in fitted.model.state_dict().values())
+    size = model_bytes(fitted.model)
     return _row(name, ppl(fitted.model), base, size, fp32_size, fitted.seconds)
 
 

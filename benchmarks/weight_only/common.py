@@ -13,7 +13,7 @@ from benchmarks.models.measure import interleaved
 from inc_core import PostTrainingQuantConfig, quantization
 from inc_core.errors import ConfigError
 
-__all__ = ["Fitted", "cosine", "inc_fit", "interleaved", "weight_only_conf"]
+__all__ = ["Fitted", "cosine", "inc_fit", "interleaved", "model_bytes", "weight_only_conf"]
 
 #: how inc-core says a backend has no weight-only path yet (D/E wire ONNX Runtime and torch)
 NOT_AVAILABLE = "is not available"
@@ -47,14 +47,14 @@ def weight_only_conf(
     full_range: bool = False,
 ) -> PostTrainingQuantConfig:
     """INC 2.x's weight-only config, verbatim; ``keep_fp32`` op names stay float (``lm_head``);
-    ``full_range`` sets ``rtn_args={"enable_full_range": True}`` (sym uses -2**(bits-1) too)."""
+    ``full_range`` sets the algorithm's ``enable_full_range`` (sym uses -2**(bits-1) too)."""
     rule = {"bits": bits, "group_size": group_size, "scheme": scheme, "algorithm": algorithm}
     recipes: dict[str, Any] = {
         "gptq_args": {"percdamp": 0.01, "act_order": False},
         "awq_args": {"enable_auto_scale": True},
     }
-    if full_range:
-        recipes["rtn_args"] = {"enable_full_range": True}
+    if full_range:  # the algorithm's own recipe carries it (rtn_args, gptq_args, awq_args)
+        recipes.setdefault(f"{algorithm.lower()}_args", {})["enable_full_range"] = True
     return PostTrainingQuantConfig(
         approach="weight_only",
         op_type_dict={".*": {"weight": rule}},
@@ -91,3 +91,15 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
+
+
+def model_bytes(module: Any) -> int:
+    """Bytes of the tensors a torch module keeps (parameters and buffers, packed ones included),
+    each storage once: a tied ``lm_head`` is the embedding's storage."""
+    import torch
+
+    seen: dict[int, int] = {}
+    for t in module.state_dict(keep_vars=True).values():
+        if isinstance(t, torch.Tensor) and t.numel():
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())

@@ -25,7 +25,7 @@ BITS, GROUP = 4, 32
 ALGORITHMS = ("RTN", "GPTQ", "AWQ")
 #: (algorithm, rtn_args enable_full_range): onnxruntime's sym RTN uses -8..7 (scale = max|w| / 8),
 #: inc's default -7..7 (INC 2.x's); the full-range row is the like-for-like comparison
-VARIANTS = (("RTN", False), ("RTN", True), ("GPTQ", False), ("AWQ", False))
+VARIANTS = (("RTN", False), ("RTN", True), ("GPTQ", False), ("GPTQ", True), ("AWQ", False))
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -114,7 +114,7 @@ def run() -> list[dict[str, Any]]:
     for algorithm, full_range in VARIANTS:
         conf = weight_only_conf(BITS, GROUP, "sym", algorithm, full_range=full_range)
         fitted[algorithm, full_range] = result = inc_fit(fp32, conf, calib_dataloader=calib)
-        extra = ", rtn_args enable_full_range" if full_range else ""
+        extra = f", {algorithm.lower()}_args enable_full_range" if full_range else ""
         rows.append(
             _fitted_row(f"inc int4 sym g32 {algorithm}{extra}", result, evaluation, ref, fp32_size)
         )

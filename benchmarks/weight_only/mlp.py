@@ -17,7 +17,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from .common import Fitted, inc_fit, interleaved, timed, weight_only_conf
+from .common import Fitted, inc_fit, interleaved, model_bytes, timed, weight_only_conf
 
 HIDDEN, FFN = 4096, 11008
 THREADS = 2
@@ -89,12 +89,6 @@ def peer(
     )
     quantizer.process()
     return quantizer.model.model
-
-
-def torch_bytes(module: Any) -> int:
-    """Bytes of every tensor the module keeps (parameters and buffers, packed ones included)."""
-    state = module.state_dict() if hasattr(module, "state_dict") else {}
-    return sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
 
 
 def _rel_error(y: np.ndarray, ref: np.ndarray) -> float:
@@ -196,7 +190,7 @@ def run(rounds: int) -> list[dict[str, Any]]:
     torch.set_num_threads(THREADS)
     block = TorchBlock(w).eval()
     runners: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"fp32": block}
-    sizes = {"fp32": torch_bytes(block)}
+    sizes = {"fp32": model_bytes(block)}
     secs_of = {"fp32": 0.0}
     for name, fn in stock_kernels(block).items():
         runners[name] = fn
@@ -216,7 +210,7 @@ def run(rounds: int) -> list[dict[str, Any]]:
         if fitted.ok:
             runners[name], sizes[name], secs_of[name] = (
                 fitted.model,
-                torch_bytes(fitted.model),
+                model_bytes(fitted.model),
                 fitted.seconds,
             )
         else:
