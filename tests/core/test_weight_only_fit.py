@@ -17,7 +17,7 @@ import inc_core
 from inc_core import backend as registry
 from inc_core import quantization
 from inc_core.config import AccuracyCriterion, PostTrainingQuantConfig, TuningCriterion
-from inc_core.errors import ConfigError
+from inc_core.errors import ConfigError, GuardWarning
 from inc_core.space import OpCapability, QuantPlan, TensorRanges
 from inc_core.weight_only import (
     InputStatsCollector,
@@ -134,7 +134,17 @@ def test_rtn_needs_no_calibration_and_reports_bits_group_algorithm_and_size(
     rows = {r["op"]: r for r in q.report["per_op"]}
     assert rows["fc1"]["bits"] == 4 and rows["fc1"]["algorithm"] == "RTN"
     assert rows["fc1"]["weight"] == "int4" and rows["fc1"]["activation"] == "fp32"
-    assert q.report["speed"]["skipped"].startswith("approach='weight_only'")
+    assert q.report["speed"]["skipped"].startswith("no calibration batch to time")
+
+
+def test_a_weight_only_model_not_faster_than_fp32_is_warned_about_and_kept(
+    mlp: NumpyMLP, calib_loader: list[tuple[np.ndarray, np.ndarray]]
+) -> None:
+    # the reference backend's modelled cost: dequantized weights cost what fp32 costs
+    with pytest.warns(GuardWarning, match=r"weight-only model is 1\.00x the time of fp32"):
+        q = quantization.fit(mlp, woq(), calib_dataloader=calib_loader)
+    assert q.report["speed"]["verdict"] == "not faster"
+    assert q.report["fallback"] == [] and q.plan.quantized_ops() == ["fc1", "fc2"]
 
 
 @pytest.mark.parametrize("algorithm", ["GPTQ", "AWQ"])

@@ -676,6 +676,66 @@ def unguarded(session: Session, plan: QuantPlan, native: Any, report: dict[str, 
     report["diagnosis_seconds"] = time.perf_counter() - start
 
 
+def weight_only_checks(
+    session: Session, plan: QuantPlan, native: Any, report: dict[str, Any]
+) -> None:
+    """The guards' report keys for a weight-only model on the default path: measured and
+    warned about, but no op falls back.
+
+    Weight-only quantization trades compute for memory: a kernel that reads 4-bit weights may
+    be slower than fp32 on some shapes (long prompts) and still be what the user wants, so the
+    speed guard measures and warns instead of keeping ops in fp32; the fidelity of the outputs
+    on held-out calibration batches likewise (fall back or mix bits per op by tuning with an
+    evaluation, or by ``op_name_dict``).
+    """
+    unguarded(session, plan, native, report)
+    if not session.conf.guards:
+        return
+    batch = (session.held_out or session.calib_inputs or [None])[0]
+    report["speed"] = _weight_only_speed(session, native, batch)
+    held = session.held_out
+    if not held:
+        report["fidelity"] = {"skipped": "no held-out calibration batches to compare outputs on"}
+        return
+    try:
+        references = [session.backend.predict(session.model, x) for x in held]
+        outputs = [session.backend.predict(native, x) for x in held]
+    except NotImplementedError:
+        report["fidelity"] = {"skipped": f"backend {session.backend.name!r} has no predict"}
+        return
+    measured = fidelity.compare(references, outputs)
+    report["fidelity"] = {"threshold": fidelity.threshold(), "held_out": session.held_out_how}
+    report["fidelity"].update(measured)
+    if not measured["holds"]:
+        _warn(
+            "weight-only outputs are below the fidelity threshold on held-out calibration data "
+            f"({_metrics_text(measured)}); nothing fell back: keep sensitive ops in fp32 or at "
+            "8 bits with op_name_dict, use a smaller group_size or algorithm 'GPTQ'/'AWQ' (with "
+            "calib_dataloader), or tune with an eval_func (report['per_op'] has each op's sqnr_db)"
+        )
+
+
+def _weight_only_speed(session: Session, native: Any, batch: Any) -> dict[str, Any]:
+    """``report["speed"]`` of a weight-only model: fp32 against it on one calibration batch,
+    with a warning when it is not faster (nothing falls back)."""
+    if batch is None:
+        return {"skipped": "no calibration batch to time (pass calib_dataloader to measure)"}
+    try:
+        bench = Bench(session.backend, session.model, batch)
+        timing = bench.time(native)
+    except NotImplementedError:
+        return {"skipped": f"backend {session.backend.name!r} has no latency"}
+    out = _speed_report(timing, batch, bench.calls, timing, [])
+    if timing.against(NOT_FASTER) == "above":
+        _warn(
+            f"the weight-only model is {timing.ratio:.2f}x the time of fp32 on this machine "
+            f"(best of {len(timing.ratios)} interleaved rounds each, batch {out['batch']}); "
+            "nothing fell back: weight-only quantization saves memory, and its kernels pay "
+            "most on small batches (a decode step). report['speed'] has the numbers"
+        )
+    return out
+
+
 def after_tuning(session: Session, result: QuantizedModel) -> QuantizedModel:
     """The guards' report keys for a tuned model: the user's evaluation decided fidelity, so
     nothing falls back here; speed and the diagnosis are measured on the returned model."""

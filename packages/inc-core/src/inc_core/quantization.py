@@ -11,12 +11,11 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
-from . import fidelity, guards
+from . import guards
 from .config import PostTrainingQuantConfig
 from .errors import ConfigError
 from .model import QuantizedModel
 from .session import Session, prepare_session, select_backend
-from .space import QuantPlan
 from .weight_only import plan as weight_only_plan
 from .weight_only import summary as weight_only_summary
 
@@ -124,7 +123,7 @@ def _quantize_once(session: Session, start: float) -> QuantizedModel:
     native = session.build(plan)
     checks: dict[str, Any] = {}
     if weight_only_plan.is_weight_only(plan):
-        _weight_only_checks(session, plan, native, checks)
+        guards.weight_only_checks(session, plan, native, checks)
     elif session.conf.guards:
         plan, native = guards.run_guards(
             session, plan, native, checks, build_seconds=time.perf_counter() - start
@@ -141,45 +140,6 @@ def _quantize_once(session: Session, start: float) -> QuantizedModel:
     result = session.wrap(native, plan, report)
     result.report["per_op"] = result.op_report()
     return result
-
-
-def _weight_only_checks(
-    session: Session, plan: QuantPlan, native: Any, report: dict[str, Any]
-) -> None:
-    """The guards' report keys for a weight-only model: no op falls back on the default path.
-
-    Weight-only quantization trades compute for memory, so the speed guard (which would keep
-    ops whose kernel is not faster in fp32) does not apply; speed is the benchmarks' to
-    measure. The fidelity of the outputs is measured on held-out calibration batches when
-    there are some and ``guards`` is on, and a warning says when it is below the threshold
-    (fall back or mix bits per op by tuning with an evaluation, or by ``op_name_dict``).
-    """
-    guards.unguarded(session, plan, native, report)
-    report["speed"] = {"skipped": "approach='weight_only' (it saves memory; no op falls back)"}
-    if not session.conf.guards:
-        return
-    held = session.held_out
-    if not held:
-        report["fidelity"] = {"skipped": "no held-out calibration batches to compare outputs on"}
-        return
-    try:
-        references = [session.backend.predict(session.model, x) for x in held]
-        outputs = [session.backend.predict(native, x) for x in held]
-    except NotImplementedError:
-        report["fidelity"] = {"skipped": f"backend {session.backend.name!r} has no predict"}
-        return
-    measured = fidelity.compare(references, outputs)
-    report["fidelity"] = {"threshold": fidelity.threshold(), "held_out": session.held_out_how}
-    report["fidelity"].update(measured)
-    if not measured["holds"]:
-        log.warning(
-            "weight-only outputs are below the fidelity threshold on held-out calibration data "
-            "(SQNR %.1f dB, cosine %.4f); nothing fell back: keep sensitive ops in fp32 or at 8 "
-            "bits with op_name_dict, use a smaller group_size or algorithm 'GPTQ'/'AWQ' (with "
-            "calib_dataloader), or tune with an eval_func (report['per_op'] has each op's sqnr_db)",
-            measured.get("sqnr_db", float("nan")),
-            measured.get("cosine", float("nan")),
-        )
 
 
 def _checked_metric(eval_metric: Any, conf: PostTrainingQuantConfig) -> Any:
