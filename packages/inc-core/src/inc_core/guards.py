@@ -13,11 +13,8 @@ default plan is built, unless ``PostTrainingQuantConfig(guards=False)``:
    rounds until a sequential test with a dead band decides, so a busy machine gives the same
    answer run after run). Unless int8 is clearly faster, candidates with one op type (or, in a
    one-type model, one region of ops) in fp32 are timed, and each that is clearly faster is
-   kept (greedy, bounded). When no int8 candidate is clearly faster, one last candidate is
-   timed: every op in fp32 as the backend builds it (on ONNX Runtime inc's canonical graph,
-   which can beat the user's graph by more than any int8 layout); clearly faster than the
-   best int8 model and than the input, it is returned with a warning (no int8 op). Else the
-   fastest int8 model found is returned, with a warning when int8 stays clearly slower.
+   kept (greedy, bounded). When int8 stays clearly slower, the fastest int8 model found is
+   returned with a warning.
 
 Fidelity goes first: a fallback for speed only ever makes outputs closer to fp32, not the
 other way round. The report keys are ``fidelity``, ``speed``, ``fallback``, ``op_diagnosis``,
@@ -43,7 +40,7 @@ from .data import batch_size, splittable, take_samples
 from .errors import ConfigError, DataError, GuardWarning
 from .model import QuantizedModel
 from .session import Session
-from .space import FLOAT_DTYPES, QuantPlan
+from .space import QuantPlan
 from .speed import EARLY_BAND, IMPROVES, NOT_FASTER, Bench, Timing
 from .strategy.space import TuningSpace
 
@@ -431,24 +428,11 @@ class Guards:
             # not clearly faster: the backend's other builds of the same plan may be
             self._variants(search)
             slower = slower and not _faster(search)
-        best_int8 = search.timing
-        against_input: Timing | None = None
         if slower:
             search.next_stage()
             self._fallbacks(search)
-            best_int8 = search.timing
-            if not _faster(search):
-                against_input = self._all_fp32(search)
         plan, native, timing = search.plan, search.native, search.timing
-        calls = bench.calls + search.input_calls
-        if against_input is not None:
-            # fp32 in the report is the input as the user runs it: what they compare against
-            self.report["speed"] = _speed_report(
-                against_input, self.batch, calls, first, search.tried
-            )
-            self._say_all_fp32(timing, against_input, best_int8)
-            return plan, native
-        self.report["speed"] = _speed_report(timing, self.batch, calls, first, search.tried)
+        self.report["speed"] = _speed_report(timing, self.batch, bench.calls, first, search.tried)
         # a tie whose best rounds put int8 at or above fp32 is said too: a busy machine that
         # cannot tell must not hand back a slower int8 model silently
         unclear = search.timing.against(NOT_FASTER) is None and timing.ratio >= 1.0
@@ -477,105 +461,6 @@ class Guards:
             if search.spent(self.build_seconds):
                 break
             self._try(search, name, variant, check_fidelity=True)
-
-    def _all_fp32(self, search: _Search) -> Timing | None:
-        """The last candidate, when no int8 build was clearly faster than fp32: every op in
-        fp32, built by the backend like any candidate (ONNX Runtime: inc's canonical graph,
-        folded and fused, which can beat the user's own graph by more than any int8 layout).
-
-        Kept only when the same ``Bench.decide`` rules say it is clearly faster than the best
-        int8 model (by ``IMPROVES``) and than the model as the user gave it (by
-        ``NOT_FASTER``: ``Backend.as_given`` when the backend rewrote it, else the fp32 model
-        the guard times against, which an fp32 build that changes nothing only ties). Not
-        tried when a rule of the user asks an integer dtype, or an op cannot run in fp32.
-        Returns its timing against the input when kept.
-        """
-        if _asks_integer(self.session.conf):
-            return None
-        plan = self.space.fallback(search.plan, self.space.fallback_candidates(search.plan))
-        if plan.quantized_ops():
-            return None
-        search.next_stage()
-        fp32 = search.plan.quantized_ops()
-        row: dict[str, Any] = {"name": "all ops fp32", "fp32": fp32}
-        search.tried.append(row)
-        given = self._given()
-        limit = search.timing.ratio * IMPROVES
-        if given is None:
-            limit = min(limit, NOT_FASTER)
-        try:
-            built = self.build(plan)
-            if not self._faithful(built, row):
-                row["kept"] = False
-                return None
-            measured = search.bench.decide(built, limit, act="below")
-        except (ConfigError, DataError):
-            raise
-        except Exception as exc:
-            log.warning("speed guard: candidate all ops fp32 failed: %s", exc)
-            row.update(error=f"{type(exc).__name__}: {exc}", kept=False)
-            return None
-        row.update(ratio=round(measured.ratio, 4), kept=False)
-        if measured.verdict != "below":
-            return None
-        against_input = measured
-        if given is not None:
-            # the fp32 the guard timed is inc's graph; the user runs the one they gave. The
-            # batch already ran on inc's graph: an error here is the backend's, never fit's
-            input_bench = Bench(self.backend, given, self.batch)
-            try:
-                against_input = input_bench.decide(built, NOT_FASTER, act="below")
-            except Exception as exc:
-                log.warning("speed guard: timing the input as given failed: %s", exc)
-                row["error"] = f"the input as given: {type(exc).__name__}: {exc}"
-                return None
-            finally:
-                search.input_calls = input_bench.calls
-            row["input_ratio"] = round(against_input.ratio, 4)
-            if against_input.verdict != "below":
-                return None
-        row["kept"] = True
-        ratios = {"ratio_before": round(search.timing.ratio, 4), "ratio_after": row["ratio"]}
-        self._record(fp32, "slower", {n: ratios for n in fp32})
-        search.plan, search.native, search.timing = plan, built, measured
-        return against_input
-
-    def _given(self) -> Any:
-        """The user's model as their runtime runs it, where the backend's ``load_model``
-        rewrote it into another graph (``as_given``); None where the fp32 model the guard
-        times is the input as given, or the backend cannot say."""
-        # read by name until Session.source and Backend.as_given are in the contract
-        source = getattr(self.session, "source", None)
-        as_given = getattr(self.backend, "as_given", None)
-        if source is None or as_given is None:
-            return None
-        try:
-            return as_given(source, self.session.conf)
-        except (ConfigError, DataError):
-            raise
-        except Exception as exc:
-            log.warning("speed guard: as_given failed: %s: %s", type(exc).__name__, exc)
-            return None
-
-    def _say_all_fp32(self, timing: Timing, against_input: Timing, best_int8: Timing) -> None:
-        """``report["speed"]``'s keys and the warning for a returned model without int8 ops:
-        ``timing`` is it against the fp32 model the guard timed int8 against, ``against_input``
-        against the input as given (the same when they are one model)."""
-        self.report["speed"].update(
-            returned="all ops fp32",
-            best_int8_ratio=round(best_int8.ratio, 4),
-            inc_fp32_ms=round(timing.fp32_ms, 4),
-            ratio_to_inc_fp32=round(timing.ratio, 4),
-        )
-        _warn(
-            f"no int8 layout beat fp32 on this machine (the fastest int8 model tried was "
-            f"{best_int8.ratio:.2f}x the time of fp32, best of {len(best_int8.ratios)} "
-            f"interleaved rounds each, batch {batch_size(self.batch)}), so the returned model "
-            f"has no int8 op: it is inc's optimised fp32 graph, "
-            f"{1 / against_input.ratio:.2f}x faster than the input. guards=False, or an "
-            "op_name_dict/op_type_dict rule asking int8, keeps int8; report['speed'] and "
-            "report['fallback'] have the numbers"
-        )
 
     def _fallbacks(self, search: _Search) -> None:
         """Greedy: each group of ops (see ``_groups``) in fp32 in turn, kept when faster."""
@@ -692,17 +577,6 @@ def _clearly_faster(timing: Timing) -> bool:
     return timing.against(NOT_FASTER) == "below" and timing.ratio <= CLEARLY_FASTER
 
 
-def _asks_integer(conf: Any) -> bool:
-    """Whether an ``op_name_dict``/``op_type_dict`` rule asks an integer dtype: the user
-    wants int8 there, so the speed guard never hands back a model without it."""
-    for key in ("op_name_dict", "op_type_dict"):
-        for tensors in (getattr(conf, key, None) or {}).values():
-            for fields in tensors.values():
-                if any(d not in FLOAT_DTYPES for d in fields.get("dtype", ())):
-                    return True
-    return False
-
-
 def _faster(search: _Search) -> bool:
     """Whether the current model is clearly faster than fp32 (by the ``NOT_FASTER`` margin)."""
     return search.timing.against(NOT_FASTER) == "below"
@@ -723,10 +597,8 @@ class _Search:
     timing: Timing
     tried: list[dict[str, Any]] = field(default_factory=list)
     start: float = field(default_factory=time.perf_counter)
-    #: rows of ``tried`` before the current stage (variants, fp32 groups, all ops fp32)
+    #: rows of ``tried`` before the current stage (variants, then fp32 groups)
     before: int = 0
-    #: ``latency`` calls timing the input as given (``Backend.as_given``)
-    input_calls: int = 0
 
     def next_stage(self) -> None:
         """The fp32 groups after the variants: they share the time, and the first is tried."""
