@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from . import cleanup, graph, kernels, model_io, planner, providers, recipes
     from . import weight_only as woq
     from ._runtime import check_supported, ort
-    from .calibrate import collect_ranges, tensors_to_observe
+    from .calibrate import collect_ranges, serializable, tensors_to_observe
     from .calibrate import session as exposing_session
     from .canonical import canonicalize
     from .feeds import to_feed
@@ -60,6 +60,7 @@ else:
     onnx = Lazy("inc_ort._runtime", "onnx")
     ort = Lazy("inc_ort._runtime", "ort")
     collect_ranges = Lazy("inc_ort.calibrate", "collect_ranges")
+    serializable = Lazy("inc_ort.calibrate", "serializable")
     tensors_to_observe = Lazy("inc_ort.calibrate", "tensors_to_observe")
     exposing_session = Lazy("inc_ort.calibrate", "session")
     canonicalize = Lazy("inc_ort.canonical", "canonicalize")
@@ -96,6 +97,12 @@ log = logging.getLogger(__name__)
 
 #: metadata key recording which graph optimization level load_model applied
 _OPT_KEY = "inc.graph_optimization_level"
+#: a model serializing to this many bytes or more is serialized for each session it gets, and
+#: its calibration session is not kept for the diagnosis: either would hold one more copy of
+#: its weights for the whole fit
+_KEEP_BYTES = 2**28
+#: serialized models kept (the fp32 model and the int8 candidates the guards run in turn)
+_KEEP_MODELS = 4
 
 
 class OrtBackend(Backend):
@@ -122,6 +129,12 @@ class OrtBackend(Backend):
         #: the run's approach (check_config): weight_only lists and builds MatMulNBits
         self.approach = "auto"
         self._sessions: dict[int, _Cached] = {}
+        #: model id -> (model, _signature, serialized bytes): one serialization of a model
+        #: serves its calibration, predict/latency and diagnosis sessions
+        self._bytes: dict[int, tuple[onnx.ModelProto, tuple[int, ...], bytes]] = {}
+        #: the calibration session of the fp32 model, kept until the per-op diagnosis runs its
+        #: held-out samples through it (it exposes the ops' outputs too)
+        self._exposing: _Exposing | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # InferenceSessions do not pickle; a process pool gets the backend without them.
@@ -131,6 +144,8 @@ class OrtBackend(Backend):
         self.config_backend = state["config_backend"]
         self.approach = state.get("approach", "auto")
         self._sessions = {}
+        self._bytes = {}
+        self._exposing = None
 
     # ------------------------------------------------------------------ model in
     @classmethod
@@ -195,12 +210,22 @@ class OrtBackend(Backend):
         if is_weight_only(plan):
             return woq.calibrate(model, data, plan)
         extra: TensorRanges = {}
+        fp32 = model
         if plan.recipes.get("smooth_quant"):
             extra = recipes.smooth_quant_scales(model, data, plan)
             model = recipes.apply_smooth_quant(model, extra, plan)
         algorithms = self._algorithms(model, plan)
         means = recipes.bias_correction_inputs(model, plan)
-        ranges = collect_ranges(model, data, algorithms, means)
+        # the session also exposes the outputs the per-op diagnosis reads of the fp32 model
+        # (with these ops: the guards' default plan), so the diagnosis reuses it; not that of
+        # a smoothed copy, which the diagnosis never runs
+        _, op_tensors = kernels.exposed_outputs(model, plan.quantized_ops())
+
+        def make_session(names: list[str]) -> Any:
+            return self._calibration_session(model, [*names, *op_tensors.values()])
+
+        keep = make_session if model is fp32 else None
+        ranges = collect_ranges(model, data, algorithms, means, keep)
         ranges.update(extra)
         return ranges
 
@@ -291,10 +316,47 @@ class OrtBackend(Backend):
         """An InferenceSession on the configured execution provider (cached per model object)."""
         return self._cached(model).session
 
+    def _serialized(self, model: onnx.ModelProto) -> bytes | None:
+        """``model``'s bytes, serialized once per model object; None for a model a session
+        reads through ``model_io`` (detached, or too big for one proto)."""
+        if not serializable(model):
+            return None
+        key, signature = id(model), _signature(model)
+        hit = self._bytes.get(key)
+        if hit is not None and hit[0] is model and hit[1] == signature:
+            self._bytes[key] = self._bytes.pop(key)  # most recently used last
+            return hit[2]
+        data = model.SerializeToString()
+        if len(data) < _KEEP_BYTES:
+            if len(self._bytes) >= _KEEP_MODELS:
+                self._bytes.pop(next(iter(self._bytes)))
+            self._bytes[key] = (model, signature, data)
+        return data
+
+    def _calibration_session(self, model: onnx.ModelProto, names: list[str]) -> Any:
+        """The exposing session calibration runs; kept (one at a time) for the diagnosis."""
+        data = self._serialized(model)
+        sess = exposing_session(model, names, data=data)
+        self._exposing = None
+        if data is not None and len(data) < _KEEP_BYTES:
+            self._exposing = _Exposing(model, _signature(model), frozenset(names), sess)
+        return sess
+
+    def _take_exposing(self, model: onnx.ModelProto, names: list[str]) -> Any | None:
+        """The kept calibration session when it is ``model``'s and exposes ``names``; handed
+        out once (the guards keep the fp32 outputs they got), so it is held no longer."""
+        kept = self._exposing
+        if kept is None or kept.model is not model or kept.signature != _signature(model):
+            return None
+        if not kept.names.issuperset(names):
+            return None
+        self._exposing = None
+        return kept.session
+
     def _cached(self, model: onnx.ModelProto) -> _Cached:
         key = id(model)
         cached = self._sessions.get(key)
-        if cached is not None and cached.model is model:
+        if cached is not None and cached.model is model and cached.signature == _signature(model):
             self._sessions[key] = self._sessions.pop(key)  # most recently used last
             return cached
         options = ort.SessionOptions()
@@ -320,12 +382,15 @@ class OrtBackend(Backend):
             if keep:
                 options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
             sess = model_io.inference_session(
-                model, options, providers.providers_for(self.config_backend)
+                model,
+                options,
+                providers.providers_for(self.config_backend),
+                self._serialized(model),
             )
             optimized = Path(options.optimized_model_filepath).read_bytes() if keep else None
         if len(self._sessions) >= 4:
             self._sessions.pop(next(iter(self._sessions)))
-        entry = _Cached(model, sess, optimized)
+        entry = _Cached(model, sess, optimized, _signature(model))
         self._sessions[key] = entry
         return entry
 
@@ -382,7 +447,11 @@ class OrtBackend(Backend):
             return {}
         names = list(dict.fromkeys(tensors.values()))
         feed = to_feed(model, inputs, "op outputs")
-        values = exposing_session(exposed, names).run(names, feed)
+        sess = self._take_exposing(model, names) if exposed is model else None
+        if sess is None:
+            data = self._serialized(model) if exposed is model else None
+            sess = exposing_session(exposed, names, data=data)
+        values = sess.run(names, feed)
         by_tensor = dict(zip(names, values, strict=True))
         return {
             op: by_tensor[tensor]
@@ -395,7 +464,12 @@ class OrtBackend(Backend):
             # onnxruntime cannot write the optimized graph of a >2 GB model in one file
             return {}
         cached = self._sessions.get(id(model))
-        if cached is not None and cached.model is model and cached.optimized is not None:
+        if (
+            cached is not None
+            and cached.model is model
+            and cached.signature == _signature(model)
+            and cached.optimized is not None
+        ):
             optimized = onnx.load_model_from_string(cached.optimized)
         else:
             optimized = kernels.optimized_graph(model, providers.providers_for(self.config_backend))
@@ -438,7 +512,35 @@ class _Cached:
     model: onnx.ModelProto
     session: Any
     optimized: bytes | None
+    signature: tuple[int, ...]
     warm: set[tuple[tuple[str, tuple[int, ...]], ...]] = field(default_factory=set)
+
+
+@dataclass
+class _Exposing:
+    """A session of ``model`` with the tensors ``names`` exposed as outputs (no rewrites)."""
+
+    model: onnx.ModelProto
+    signature: tuple[int, ...]
+    names: frozenset[str]
+    session: Any
+
+
+def _signature(model: onnx.ModelProto) -> tuple[int, ...]:
+    """What a cached session or serialization of a model object checks before it is reused:
+    the sizes of its graph's lists, which a node, input, output or initializer added or
+    removed changes (an edit of a tensor's values in place goes unseen). Cheap where comparing
+    the bytes would cost a serialization: inc's own models are never edited once a session ran
+    them, and the user's model never reaches a session (``load_model`` copies it)."""
+    g = model.graph
+    return (
+        len(g.node),
+        len(g.initializer),
+        len(g.input),
+        len(g.output),
+        len(g.value_info),
+        len(model.opset_import),
+    )
 
 
 def _load_weights(model: onnx.ModelProto, nodes: set[str]) -> None:

@@ -39,9 +39,15 @@ def tensors_to_observe(model: onnx.ModelProto, types: Iterable[str]) -> list[str
 
 
 def session(
-    model: onnx.ModelProto, outputs: Iterable[str], providers: list[str] | None = None
+    model: onnx.ModelProto,
+    outputs: Iterable[str],
+    providers: list[str] | None = None,
+    data: bytes | None = None,
 ) -> ort.InferenceSession:
-    """An InferenceSession over ``model`` that also returns ``outputs`` (no graph rewrites)."""
+    """An InferenceSession over ``model`` that also returns ``outputs`` (no graph rewrites).
+
+    ``data``: ``model``'s serialized bytes when the caller already has them (the backend
+    shares one serialization of a model between its sessions)."""
     existing = {o.name for o in model.graph.output}
     extra = [name for name in dict.fromkeys(outputs) if name not in existing]
     options = ort.SessionOptions()
@@ -49,7 +55,7 @@ def session(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     providers = providers or ["CPUExecutionProvider"]
-    if _serializable(model):
+    if data is not None or serializable(model):
         # No copy of the model (its weights) to add the outputs: a protobuf parser merges a
         # second occurrence of a message field (the graph) into the first, appending its
         # repeated fields, so the model's bytes followed by those of a model holding only the
@@ -58,7 +64,8 @@ def session(
         tail = onnx.ModelProto(
             graph=onnx.GraphProto(output=[_untyped(name) for name in extra])
         ).SerializeToString()
-        return ort.InferenceSession(model.SerializeToString() + tail, options, providers=providers)
+        data = model.SerializeToString() if data is None else data
+        return ort.InferenceSession(data + tail, options, providers=providers)
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
     augmented.graph.output.extend(_untyped(name) for name in extra)
@@ -66,7 +73,7 @@ def session(
     return model_io.inference_session(augmented, options, providers)
 
 
-def _serializable(model: onnx.ModelProto) -> bool:
+def serializable(model: onnx.ModelProto) -> bool:
     """Whether ``model`` is one proto of in-proto data ``model_io`` would not detach."""
     inline = 0
     for tensor in model.graph.initializer:
@@ -86,9 +93,13 @@ def run_batches(
     dataloader: Iterable[Any],
     tensors: list[str],
     visit: Callable[[str, np.ndarray], None],
+    make_session: Callable[[list[str]], Any] | None = None,
 ) -> int:
-    """Run every batch, calling ``visit(tensor, value)``; returns the number of batches."""
-    sess = session(model, tensors)
+    """Run every batch, calling ``visit(tensor, value)``; returns the number of batches.
+
+    ``make_session(tensors)``: the session to run, exposing at least ``tensors`` (default:
+    ``session(model, tensors)``)."""
+    sess = session(model, tensors) if make_session is None else make_session(tensors)
     count = 0
     for inputs in dataloader:
         feed = to_feed(model, inputs)
@@ -111,12 +122,14 @@ def collect_ranges(
     dataloader: Iterable[Any],
     algorithms: Mapping[str, str | tuple[str, Mapping[str, Any]]],
     means_for: Iterable[str] = (),
+    make_session: Callable[[list[str]], Any] | None = None,
 ) -> TensorRanges:
     """Ranges of the tensors in ``algorithms``: tensor -> algorithm (minmax/kl/percentile/mse),
     or (algorithm, observer options such as the dtype/scheme the range is for).
 
     ``means_for`` adds per-channel means (axis 1, or the last axis for 3-D activations) of those
-    tensors as ``inc.mean:<tensor>`` entries, for bias correction.
+    tensors as ``inc.mean:<tensor>`` entries, for bias correction. ``make_session``: as for
+    ``run_batches``.
     """
     observers = {
         name: create_observer(spec, name=name)
@@ -160,7 +173,7 @@ def collect_ranges(
             counts[name] = counts.get(name, 0) + moved.shape[0]
 
     tensors = list(dict.fromkeys([*observers, *mean_names]))
-    run_batches(model, dataloader, tensors, visit)
+    run_batches(model, dataloader, tensors, visit, make_session)
     ranges: TensorRanges = {}
     for name, observer in observers.items():
         if name not in seen or name in unbounded:

@@ -515,9 +515,14 @@ def sessionable(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def inference_session(
-    model: onnx.ModelProto, options: Any, providers: list[str]
+    model: onnx.ModelProto, options: Any, providers: list[str], data: bytes | None = None
 ) -> ort.InferenceSession:
-    """An InferenceSession over ``model``, detached or not (its data read from ``store()``)."""
+    """An InferenceSession over ``model``, detached or not (its data read from ``store()``).
+
+    ``data``: ``model``'s serialized bytes when the caller already has them (a model of
+    in-proto data under ``LARGE_MODEL_BYTES``)."""
+    if data is not None:
+        return ort.InferenceSession(data, options, providers=providers)
     model = sessionable(model)
     if detached(model):
         gc.collect()  # sessions of it that reference cycles keep (see ``materialize``)
