@@ -73,7 +73,11 @@ def to_feed(
 
 def _checked(spec: onnx.ValueInfoProto, value: np.ndarray, what: str) -> np.ndarray:
     tensor = spec.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    # a negative dim_value is how paddle2onnx (and others) write a dynamic axis
+    dims = [
+        d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
+        for d in tensor.shape.dim
+    ]
     if tensor.HasField("shape") and len(dims) != value.ndim:
         raise DataError(
             f"{what} for input {spec.name!r} has shape {list(value.shape)}, but the model expects "
