@@ -54,6 +54,9 @@ def session(
     # The exposed tensors must be the fp32 graph's own, not those of a fused graph.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
+    # Between two runs the observers read the last run's tensors in Python: worker threads
+    # spinning for the next run would take the cores they need
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = providers or ["CPUExecutionProvider"]
     if data is not None or serializable(model):
         # No copy of the model (its weights) to add the outputs: a protobuf parser merges a
