@@ -60,3 +60,26 @@ def test_a_detached_model_gets_its_session_through_model_io(
     x = digits.x_test[:4]
     value = calibrate.session(detached, [tensor]).run([tensor], {"image": x})[0]
     np.testing.assert_array_equal(value, _copy_exposing(cnn, [tensor], x)[0])
+
+
+def test_type_inference_on_a_copy_without_weights_types_every_tensor_as_on_the_model(
+    cnn: onnx.ModelProto,
+) -> None:
+    """The copy calibration infers tensor types on holds the weights' names, types and dims
+    but not their bytes; inference types every tensor as on the whole model, which it leaves
+    as it was."""
+    from inc_ort import graph
+
+    before = cnn.SerializeToString()
+    light = model_io.for_inference(cnn, min_bytes=64)
+    big = [t for t in cnn.graph.initializer if model_io.tensor_bytes(t) >= 64]
+    assert big, "the digits CNN has weights of 64 bytes or more"
+    assert light.ByteSize() < cnn.ByteSize() - sum(model_io.tensor_bytes(t) for t in big) // 2
+    stubs = {t.name: t for t in light.graph.initializer}
+    for tensor in big:
+        stub = stubs[tensor.name]
+        assert (stub.data_type, list(stub.dims)) == (tensor.data_type, list(tensor.dims))
+        assert not stub.raw_data and stub.data_location == onnx.TensorProto.EXTERNAL
+    assert graph.tensor_types(light) == graph.tensor_types(cnn)
+    assert len(graph.tensor_types(cnn)) > len(cnn.graph.input) + len(cnn.graph.output)
+    assert cnn.SerializeToString() == before

@@ -27,7 +27,8 @@ def tensors_to_observe(model: onnx.ModelProto, types: Iterable[str]) -> list[str
     wanted_types = set(types) | set(graph.FOLLOW_OPS)
     consts = graph.constants(model)
     # a tensor shape inference could not type is observed too; run time tells its dtype
-    others = graph.non_float_tensors(model)
+    # (inference reads the weights' types and dims, never their values: a copy without them)
+    others = graph.non_float_tensors(model_io.for_inference(model))
     names: list[str] = []
     for node in model.graph.node:
         if node.op_type not in wanted_types:
