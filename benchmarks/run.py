@@ -17,16 +17,19 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ("models", "ort", "torch", "tf", "mxnet")
+ORDER = ("models", "ort", "torch", "tf", "mxnet", "weight_only")
 TITLES = {
     "models": "Validated models",
     "ort": "ONNX Runtime",
     "torch": "PyTorch",
     "tf": "TensorFlow / Keras",
     "mxnet": "MXNet",
+    "weight_only": "Weight-only quantization",
 }
 # the corpus benchmark is a package of its own (runners per framework); the others are one file
 SCRIPTS = {"models": HERE / "models" / "bench.py"}
+# packages run as modules (relative imports)
+MODULES = {"weight_only": "benchmarks.weight_only"}
 
 
 def cpu_model() -> str:
@@ -66,16 +69,21 @@ def collect() -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("package", nargs="?", help="ort, torch, tf, mxnet or models (a bench-<pkg> env name works too)")
+    parser.add_argument("package", nargs="?", help="ort, torch, tf, mxnet, models or weight_only (a bench-<pkg> env name works too)")
     parser.add_argument("--collect", action="store_true", help="only merge results into BENCHMARKS.md")
     args, rest = parser.parse_known_args()
     if args.package:
-        args.package = args.package.removeprefix("bench-")
+        args.package = args.package.removeprefix("bench-").replace("-", "_")
         if args.package not in ORDER:
             parser.error(f"unknown package {args.package!r}; choose from {', '.join(ORDER)}")
     if args.package and not args.collect:
-        sys.argv = [str(SCRIPTS.get(args.package, HERE / f"{args.package}.py")), *rest]
-        runpy.run_path(sys.argv[0], run_name="__main__")
+        if args.package in MODULES:
+            sys.path.insert(0, str(HERE.parent))
+            sys.argv = [MODULES[args.package], *rest]
+            runpy.run_module(MODULES[args.package], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = [str(SCRIPTS.get(args.package, HERE / f"{args.package}.py")), *rest]
+            runpy.run_path(sys.argv[0], run_name="__main__")
     print(f"wrote {collect()}")
 
 
