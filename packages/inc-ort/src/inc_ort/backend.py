@@ -326,7 +326,7 @@ class OrtBackend(Backend):
         if hit is not None and hit[0] is model and hit[1] == signature:
             self._bytes[key] = self._bytes.pop(key)  # most recently used last
             return hit[2]
-        data = model.SerializeToString()
+        data: bytes = model.SerializeToString()
         if len(data) < _KEEP_BYTES:
             if len(self._bytes) >= _KEEP_MODELS:
                 self._bytes.pop(next(iter(self._bytes)))
