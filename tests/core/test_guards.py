@@ -771,3 +771,17 @@ def test_a_dense_map_is_compared_by_sqnr_not_by_argmax_along_its_width():
     per_position = rng.random((2, 5, 30))
     result = compare([[prob_map, logits, per_position]], [[prob_map, logits, per_position]])
     assert ["agreement" in row for row in result["outputs"]] == [False, True, True]
+
+
+@pytest.mark.parametrize("needed", [65, 70, 88, 111, 112])
+def test_the_fallback_narrows_the_gap_between_doubling_steps(needed: int):
+    probed: list[int] = []
+
+    def holds(count: int) -> bool:
+        probed.append(count)
+        return count >= needed
+
+    found = guards.refine(64, 112, holds)
+    assert needed <= found <= needed + (112 - 64) // 2**guards.REFINE_PROBES
+    assert len(probed) <= guards.REFINE_PROBES and all(64 < c < 112 for c in probed)
+    assert guards.refine(3, 4, holds) == 4 and len(probed) <= guards.REFINE_PROBES  # no gap
