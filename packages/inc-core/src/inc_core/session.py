@@ -186,19 +186,12 @@ class Session:
         key = repr(sorted(static.items())) + repr(
             sorted(plan.recipes.items(), key=lambda kv: kv[0])
         )
-        if key not in self._ranges:
-            if self.calib_inputs is not None:
-                self._ranges[key] = self._calibrate(plan)
-            elif self.calib_func is not None:
-                self._ranges[key] = self.backend.calibrate_with_func(
-                    self.model, self.calib_func, plan
-                )
-            else:
-                raise ConfigError(
-                    "static quantization needs calibration data: pass calib_dataloader (or calib_func), "
-                    "or use PostTrainingQuantConfig(approach='dynamic')"
-                )
-        return self._ranges[key]
+        return self._calibrated(
+            key,
+            plan,
+            "static quantization needs calibration data: pass calib_dataloader (or calib_func), "
+            "or use PostTrainingQuantConfig(approach='dynamic')",
+        )
 
     def _weight_only_stats(self, plan: QuantPlan) -> TensorRanges:
         """RTN needs no calibration; GPTQ/AWQ ops get their inputs' statistics from the
@@ -206,7 +199,17 @@ class Session:
         needs = weight_only_plan.calibrated_ops(plan)
         if not needs:
             return {}
-        key = "weight_only " + repr(sorted(needs.items()))
+        algorithms = " and ".join(sorted(set(needs.values())))
+        return self._calibrated(
+            "weight_only " + repr(sorted(needs.items())),
+            plan,
+            f"algorithm {algorithms} reads calibration activations: pass calib_dataloader, "
+            "or use algorithm 'RTN', which needs none",
+        )
+
+    def _calibrated(self, key: str, plan: QuantPlan, without_data: str) -> TensorRanges:
+        """The backend's calibration for ``plan`` through the dataloader or ``calib_func``,
+        once per ``key``; ``ConfigError(without_data)`` when the run has neither."""
         if key not in self._ranges:
             if self.calib_inputs is not None:
                 self._ranges[key] = self._calibrate(plan)
@@ -215,11 +218,7 @@ class Session:
                     self.model, self.calib_func, plan
                 )
             else:
-                algorithms = " and ".join(sorted(set(needs.values())))
-                raise ConfigError(
-                    f"algorithm {algorithms} reads calibration activations: pass "
-                    "calib_dataloader, or use algorithm 'RTN', which needs none"
-                )
+                raise ConfigError(without_data)
         return self._ranges[key]
 
     def _calibrate(self, plan: QuantPlan) -> TensorRanges:
