@@ -8,8 +8,11 @@ from typing import Any
 from ..errors import ConfigError
 from .options import CALIBRATED_ALGORITHMS, RULE_DEFAULTS
 
-#: where weight-only kernels are planned, said while no installed backend has them
-PLANNED = "ONNX Runtime (backend 'onnxrt', MatMulNBits) and PyTorch (backend 'pytorch')"
+#: the plugins with weight-only kernels, named while none of them is installed
+PLUGINS = (
+    "ONNX Runtime (pip install inc-ort: backend 'onnxrt', MatMulNBits) and PyTorch "
+    "(pip install inc-torch: backend 'pytorch')"
+)
 
 
 def rule_algorithms(conf: Any) -> set[str]:
@@ -35,7 +38,7 @@ def check_backend(backend: Any, conf: Any, has_calibration: bool) -> None:
         where = (
             f"installed backends that support it: {', '.join(ready)}"
             if ready
-            else f"it is coming for {PLANNED}"
+            else f"it is available for {PLUGINS}"
         )
         raise ConfigError(
             f"approach='weight_only' is not available for {backend.framework} models "
