@@ -102,7 +102,6 @@ def _weight_only_report(session: Session, result: QuantizedModel) -> QuantizedMo
     found = weight_only_summary.summary(session.backend, session.model, result.model, result.plan)
     if found is not None:
         result.report["weight_only"] = found
-        result.report["per_op"] = result.op_report()  # with the weight-only fields
     return result
 
 
