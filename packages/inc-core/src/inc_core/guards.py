@@ -57,8 +57,10 @@ MAX_REGIONS = 4
 #: variants (another quantization format) are timed otherwise, where they may pay for their cost
 CLEARLY_FASTER = NOT_FASTER * (1 - EARLY_BAND)
 #: builds the fidelity fallback may add to narrow the gap between the doubling steps
-#: failing and holding counts (to an eighth of it)
+#: failing and holding counts, while that gap is wider than REFINE_SHARE of the candidates:
+#: a narrower one leaves few ops in fp32 needlessly, and each probe is a whole build
 REFINE_PROBES = 3
+REFINE_SHARE = 1 / 10
 #: the per-op diagnosis runs on this many samples of the batch: on nudenet-320n 4 of 8 samples
 #: rank the ops' sqnr_db as 8 do (Spearman 0.99, median change 0.3 dB) at half the cost of
 #: running both models with every op output exposed
@@ -214,15 +216,21 @@ def smallest_holding(counts: Sequence[int], first: int, holds: Callable[[int], b
     return found
 
 
-def refine(failing: int, holding: int, holds: Callable[[int], bool]) -> int:
-    """The smallest count between ``failing`` (not holding) and ``holding`` that holds, to
-    within (holding - failing) / 2**REFINE_PROBES, by bisection on the count itself.
+def refine(
+    failing: int, holding: int, holds: Callable[[int], bool], candidates: int | None = None
+) -> int:
+    """The smallest count between ``failing`` (not holding) and ``holding`` that holds, by
+    bisection on the count itself: at most ``REFINE_PROBES`` probes, and none once the gap is
+    within ``REFINE_SHARE`` of ``candidates`` (the ops that may fall back; default: ``holding``).
 
     The doubling steps leave gaps as wide as half the candidates: PicoDet held with all 112
-    ops fp32 and failed with 64 (14.5 dB against 15), so the guard returned no int8 op.
+    ops fp32 and failed with 64 (14.5 dB against 15), so the guard returned no int8 op. A gap
+    of a few ops is not worth a build each: YOLOv8n's 4..8 of 77 cost two more builds (1.2 s,
+    a fifth of its quantization time) for two more int8 convs.
     """
+    enough = max(1, int(REFINE_SHARE * (holding if candidates is None else candidates)))
     for _ in range(REFINE_PROBES):
-        if holding - failing <= 1:
+        if holding - failing <= enough:
             break
         middle = (failing + holding) // 2
         if holds(middle):
@@ -230,6 +238,27 @@ def refine(failing: int, holding: int, holds: Callable[[int], bool]) -> int:
         else:
             failing = middle
     return holding
+
+
+def held_out_references(session: Session) -> tuple[list[Any] | None, dict[str, Any]]:
+    """The fp32 model's outputs on the held-out batches, and the start of
+    ``report["fidelity"]``: its threshold and held-out inputs, or why nothing is compared
+    (``"skipped"``, with None for the outputs)."""
+    held = session.held_out
+    if not held:
+        why = "no calibration batches to compare outputs on (calib_func, or no calibration data)"
+        return None, {"skipped": why}
+    try:
+        references = [session.backend.predict(session.model, x) for x in held]
+    except NotImplementedError:
+        return None, {"skipped": f"backend {session.backend.name!r} has no predict"}
+    info: dict[str, Any] = {
+        "threshold": fidelity.threshold(),
+        "held_out_batches": len(held),
+        "held_out_samples": sum(batch_size(x) for x in held),
+        "held_out": session.held_out_how,
+    }
+    return references, info
 
 
 def _warn(message: str) -> None:
@@ -339,25 +368,10 @@ class Guards:
     ) -> tuple[QuantPlan, Any, dict[str, float] | None]:
         """The fidelity guard. Returns the plan, its model, and the default plan's per-op
         ``sqnr_db`` when it was measured (only to rank ops for a fallback)."""
-        held = self.session.held_out
-        if not held:
-            self.report["fidelity"] = {
-                "skipped": "no calibration batches to compare outputs on (calib_func, or no "
-                "calibration data)"
-            }
-            return plan, native, None
-        try:
-            references = [self.backend.predict(self.session.model, x) for x in held]
-        except NotImplementedError:
-            self.report["fidelity"] = {"skipped": f"backend {self.backend.name!r} has no predict"}
-            return plan, native, None
-        info: dict[str, Any] = {
-            "threshold": fidelity.threshold(),
-            "held_out_batches": len(held),
-            "held_out_samples": sum(batch_size(x) for x in held),
-            "held_out": self.session.held_out_how,
-        }
+        references, info = held_out_references(self.session)
         self.report["fidelity"] = info
+        if references is None:
+            return plan, native, None
         if self.session.held_out_how == "calibration batch reused":
             log.info(
                 "fidelity guard: one calibration batch only; comparing on it (also used for ranges)"
@@ -395,7 +409,8 @@ class Guards:
         if found is None:  # nothing held: every ranked op in fp32 (always probed then)
             count = counts[-1] if counts else 0
         else:
-            count = refine(counts[found - 1] if found else 0, counts[found], holds_with)
+            failing = counts[found - 1] if found else 0
+            count = refine(failing, counts[found], holds_with, len(ranked))
         chosen = (*built_at[count], count) if counts else (plan, native, before, 0)
         plan, native, after, count = chosen
         self._holds = bool(after["holds"])
@@ -717,19 +732,13 @@ def weight_only_checks(
         return
     batch = (session.held_out or session.calib_inputs or [None])[0]
     report["speed"] = _weight_only_speed(session, native, batch)
-    held = session.held_out
-    if not held:
-        report["fidelity"] = {"skipped": "no held-out calibration batches to compare outputs on"}
+    references, info = held_out_references(session)
+    report["fidelity"] = info
+    if references is None:
         return
-    try:
-        references = [session.backend.predict(session.model, x) for x in held]
-        outputs = [session.backend.predict(native, x) for x in held]
-    except NotImplementedError:
-        report["fidelity"] = {"skipped": f"backend {session.backend.name!r} has no predict"}
-        return
+    outputs = [session.backend.predict(native, x) for x in session.held_out]
     measured = fidelity.compare(references, outputs)
-    report["fidelity"] = {"threshold": fidelity.threshold(), "held_out": session.held_out_how}
-    report["fidelity"].update(measured)
+    info.update(measured)
     if not measured["holds"]:
         _warn(
             "weight-only outputs are below the fidelity threshold on held-out calibration data "
