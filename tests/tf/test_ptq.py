@@ -284,11 +284,11 @@ def test_saved_model_directory_gets_a_clear_error(cnn, tmp_path, digits):
 
 def test_layers_without_int8_path_stay_float_with_a_warning(digits):
     inputs = keras.Input((8, 8, 1))
-    h = keras.layers.SeparableConv2D(8, 3, activation="relu", name="sep")(inputs)
+    h = keras.layers.Conv2DTranspose(8, 3, activation="relu", name="up")(inputs)
     h = keras.layers.Flatten()(h)
     outputs = keras.layers.Dense(10, name="head")(h)
     model = keras.Model(inputs, outputs)
-    with pytest.warns(UserWarning, match=r"sep \(SeparableConv2D\)"):
+    with pytest.warns(UserWarning, match=r"up \(Conv2DTranspose\)"):
         q = quantization.fit(model, static(), calib_dataloader=digits.calib(samples=50))
     assert q.plan.quantized_ops() == ["head"]
     ref = np.asarray(model(digits.x_test[:8]))

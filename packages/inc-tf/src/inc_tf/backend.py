@@ -127,10 +127,13 @@ class TfBackend(Backend):
 
     def load_model(self, model: Any, conf: Any) -> Any:
         from . import layers as kl
+        from . import separable
 
         model = loading.load(model)
         kl.check_graph_model(model)
-        return model
+        # SeparableConv2D is quantized as its depthwise and pointwise convs (separable.py);
+        # the split copy computes the same function, and the user's model stays as it is
+        return separable.decompose(model) if separable.has_separable(model) else model
 
     def ops(self, model: keras.Model) -> list[OpInfo]:
         from . import layers as kl
@@ -236,6 +239,7 @@ class TfBackend(Backend):
         import tensorflow as tf
 
         from . import fold
+        from . import layers as kl
         from .points import points, tensors
 
         copy = fold.graph_copy(model, fold_batchnorm=True)
@@ -258,7 +262,7 @@ class TfBackend(Backend):
         }
         for batch in dataloader:
             arrays = self._arrays(copy, batch)
-            outputs = run(arrays if len(arrays) > 1 else arrays[0])
+            outputs = run(kl.feed(probe, arrays))
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
             for key, value in zip(keys, outputs, strict=True):
                 observers[key].update(np.asarray(value))
@@ -293,8 +297,10 @@ class TfBackend(Backend):
             return model(inputs)
         import keras
 
+        from . import layers as kl
+
         arrays = self._arrays(model, inputs)
-        out = model(arrays if len(arrays) > 1 else arrays[0], training=False)
+        out = model(kl.feed(model, arrays), training=False)
         return keras.tree.map_structure(np.asarray, out)
 
     def latency(self, model: Any, inputs: Sequence[Any]) -> float:
@@ -311,9 +317,11 @@ class TfBackend(Backend):
             import keras
             import tensorflow as tf
 
+            from . import layers as kl
+
             graph = tf.function(lambda xs: model(xs, training=False), reduce_retracing=True)
             batches = [self._arrays(model, batch) for batch in inputs]
-            feeds = [arrays if len(arrays) > 1 else arrays[0] for arrays in batches]
+            feeds = [kl.feed(model, arrays) for arrays in batches]
 
             def run(feed: Any) -> Any:
                 return keras.tree.map_structure(np.asarray, graph(feed))

@@ -85,6 +85,16 @@ def check_graph_model(model: Any) -> None:
         )
 
 
+def feed(model: keras.Model, arrays: list[Any]) -> Any:
+    """``arrays`` (one per model input) in the structure ``model``'s call expects: a functional
+    model saved with a list of one input (Keras 2 files) wants ``[x]``, and warns at a bare
+    ``x``; a Sequential model takes ``x``."""
+    structure = getattr(model, "_inputs_struct", None)
+    if structure is None:
+        return arrays[0] if len(arrays) == 1 else list(arrays)
+    return keras.tree.pack_sequence_as(structure, list(arrays))
+
+
 def graph_layers(model: keras.Model) -> list[Any]:
     """Layers in model (topological) order, without InputLayers."""
     return [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
