@@ -3,9 +3,12 @@ activations onnxruntime has no int8 kernel for in ops it fuses into int8 ones.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from . import graph as graphs
+from . import kernels
 from ._runtime import onnx
 
 
@@ -58,8 +61,15 @@ def keep_float(model: onnx.ModelProto, names: set[str]) -> list[str]:
     fusions but not all (its GlobalAveragePool fusion takes it and then fails at run time:
     "x_scale must be a scalar"), so every activation input of such an op that comes from a
     DequantizeLinear gets its own dequantization written as ``Cast -> Sub(zero point) ->
-    Mul(scale)``: the same numbers, exactly, in ops no fusion looks for. In place; returns the
-    ops changed.
+    Mul(scale)``: the same numbers, exactly, in ops no fusion looks for.
+
+    A weight (or bias) that an int8 op shares with fp32 ops (tf2onnx's conv1d stacks: one
+    weight read by 8-16 Convs) is quantized once, and every reader then gets it from a
+    DequantizeLinear at run time: onnxruntime cannot pre-pack a weight computed at run time, so
+    each fp32 Conv ran as a plain NCHW convolution instead of its NCHWc kernel (basic-pitch: 22
+    such Convs). Such readers (see ``_float_weight_readers``) get the dequantized values as a
+    constant: the same numbers, exactly (``(q - zero_point) * scale`` in float32, as the DQ
+    computes them). In place; returns the ops changed.
     """
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
@@ -78,9 +88,97 @@ def keep_float(model: onnx.ModelProto, names: set[str]) -> list[str]:
             node.input[index] = added[-1].output[0]
         if fed:
             changed.append(node.name)
+    weights = _constant_weights(model, names)
+    changed += [name for name in weights if name not in changed]
     if changed:
         _drop_unread_qdq(graph)
     return changed
+
+
+#: ops onnxruntime runs with a pre-packed constant weight in fp32 (NCHWc Conv, Gemm/MatMul)
+_PACKED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _float_weight_readers(
+    model: onnx.ModelProto, names: set[str]
+) -> list[tuple[onnx.NodeProto, int, onnx.NodeProto]]:
+    """(node, input index, weight DQ) where an op that runs in fp32 reads a constant through a
+    DequantizeLinear: an op of ``names`` (fp32 by plan), or one onnxruntime cannot fuse into an
+    int8 kernel -- a Conv whose activation input is not dequantized or whose output is not all
+    quantized, a Gemm/MatMul whose activation input is not dequantized."""
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    inits = {i.name for i in graph.initializer}
+    found = []
+    for node in graph.node:
+        if node.op_type not in _PACKED_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        weights = [
+            (index, dq)
+            for index, name in enumerate(node.input)
+            if index > 0
+            and (dq := producers.get(name)) is not None
+            and dq.op_type == "DequantizeLinear"
+            and dq.input[0] in inits
+        ]
+        if not weights:
+            continue
+        source = producers.get(node.input[0])
+        int8_input = source is not None and source.op_type == "DequantizeLinear"
+        readers = consumers.get(node.output[0], [])
+        int8_output = bool(readers) and all(r.op_type == "QuantizeLinear" for r in readers)
+        fused = int8_input and (int8_output or node.op_type in graphs.FLOAT_OUTPUT_OPS)
+        if node.name in names or not fused:
+            found += [(node, index, dq) for index, dq in weights]
+    return found
+
+
+def _constant_weights(model: onnx.ModelProto, names: set[str]) -> list[str]:
+    """Give the fp32 readers of dequantized constants (``_float_weight_readers``) the values
+    as a float initializer, one per DequantizeLinear; returns the ops changed."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    made: dict[str, str | None] = {}
+    changed: list[str] = []
+    for node, index, dq in _float_weight_readers(model, names):
+        key = dq.output[0]
+        if key not in made:
+            made[key] = _dequantized_constant(graph, dq, inits)
+        value = made[key]
+        if value is None:
+            continue
+        node.input[index] = value
+        if node.name not in changed:
+            changed.append(node.name)
+    return changed
+
+
+def _dequantized_constant(
+    graph: onnx.GraphProto, dq: onnx.NodeProto, inits: dict[str, onnx.TensorProto]
+) -> str | None:
+    """A float32 initializer holding what ``dq`` computes from its constant input, exactly as
+    onnxruntime does (integer difference, then one float32 product); None where a parameter is
+    not a constant or the values live outside the proto (a model over 2 GB)."""
+    parts = [inits.get(name) for name in dq.input[:3] if name]
+    if any(t is None or t.data_location == onnx.TensorProto.EXTERNAL for t in parts):
+        return None
+    arrays = [onnx.numpy_helper.to_array(t) for t in parts if t is not None]
+    values, scale = arrays[0], arrays[1].astype(np.float32)
+    zero = arrays[2] if len(arrays) > 2 else np.zeros((), values.dtype)
+    if scale.size > 1:  # per axis: broadcast along the DQ's axis
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % values.ndim
+        shape = [1] * values.ndim
+        shape[axis] = scale.size
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    centered = values.astype(np.int64) - zero.astype(np.int64)
+    result = (centered.astype(np.float32) * scale).astype(np.float32)
+    name = f"{dq.output[0]}_inc_float_constant"
+    graph.initializer.append(onnx.numpy_helper.from_array(result, name))
+    return name
 
 
 def _drop_unread_qdq(graph: onnx.GraphProto) -> None:
@@ -328,3 +426,129 @@ def _requantized(
         ),
         helper.make_node("DequantizeLinear", [quantized, *q.input[1:]], [value], name=value),
     ]
+
+
+#: pools onnxruntime runs on int8 tensors with a generic loop when ``DQ -> pool -> Q`` reads
+#: the same scale on both sides, where its fp32 kernel is the vectorised NCHWc one: MaxPool
+#: (onnxruntime 1.32, one thread, 8 images): 2x2/2 over [200, 6, 24] 0.86 ms uint8 against
+#: 0.11 ms DQ + fp32 + Q; 3x3/2 over [16, 56, 56] 2.1 against 0.14 ms; YOLO's SPPF 5x5/1 over
+#: [128, 20, 20] 22 against 0.5 ms
+SLOW_INT8_POOLS: tuple[str, ...] = ("MaxPool",)
+
+
+def float_pools(
+    model: onnx.ModelProto, providers: Sequence[str] = ("CPUExecutionProvider",)
+) -> list[str]:
+    """Run the pools of ``SLOW_INT8_POOLS`` that onnxruntime would run on int8 tensors with its
+    generic loop in fp32 instead, in place.
+
+    onnxruntime drops the ``DQ -> MaxPool -> Q`` pair around a pool whose two sides share their
+    scale and zero point and runs the pool on the int8 tensor (max commutes with a monotonic
+    quantization: the numbers are the same). Between two NHWC int8 convs that is its fast
+    NhwcMaxPool; elsewhere (after a hard-swish gate, before a pooling head: PP-OCR's text
+    classifier) it is a generic NCHW loop, 8-45x slower than dequantizing, pooling in fp32 and
+    quantizing again (see SLOW_INT8_POOLS). Which of the two onnxruntime picks is read from
+    the graph it optimizes for ``providers``; only the generic ones change. Their DQ is written
+    per channel (axis 1) with the per-tensor scale and zero point repeated: the same numbers,
+    exactly, which onnxruntime's pair check (scalar parameters on both sides) does not take.
+    Only where the channel count is known (a recorded shape, or the weight of the Conv that
+    wrote the tensor) and the opset has DQ's axis (13). Returns the pools changed.
+    """
+    if graphs.opset(model) < 13:
+        return []
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
+    shapes = {v.name: v for v in (*graph.value_info, *graph.input, *graph.output)}
+    found: list[tuple[onnx.NodeProto, onnx.NodeProto, int]] = []
+    for node in graph.node:
+        if node.op_type not in SLOW_INT8_POOLS or node.domain not in ("", "ai.onnx"):
+            continue
+        dq = producers.get(node.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in inits:
+            continue
+        scale = inits.get(dq.input[1])
+        zero = inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+        if (
+            scale is None
+            or int(np.prod(scale.dims)) != 1
+            or (zero is not None and int(np.prod(zero.dims)) != 1)
+        ):
+            continue
+        channels = _channels(node, dq, shapes, producers, inits)
+        if channels is not None:
+            found.append((node, dq, channels))
+    slow = _generic_int8_pools(model, {node.name for node, _, _ in found}, providers)
+    changed = []
+    for node, dq, channels in found:
+        if node.name not in slow:
+            continue
+        prefix = f"{node.name}_inc_float_pool"
+        inputs = [dq.input[0]]
+        for index, suffix in ((1, "scale"), (2, "zero_point")):
+            if index >= len(dq.input) or not dq.input[index]:
+                continue
+            value = onnx.numpy_helper.to_array(inits[dq.input[index]]).reshape(())
+            repeated = np.full(channels, value, value.dtype)
+            graph.initializer.append(onnx.numpy_helper.from_array(repeated, f"{prefix}_{suffix}"))
+            inputs.append(f"{prefix}_{suffix}")
+        new = onnx.helper.make_node(
+            "DequantizeLinear", inputs, [f"{prefix}_input"], name=f"{prefix}_dq", axis=1
+        )
+        _insert(graph, node, [new])
+        node.input[0] = new.output[0]
+        changed.append(node.name)
+    if changed:
+        _drop_unread_qdq(graph)
+    return changed
+
+
+def _generic_int8_pools(
+    model: onnx.ModelProto, names: set[str], providers: Sequence[str]
+) -> set[str]:
+    """Those of the pools ``names`` that onnxruntime runs as a default-domain op on an int8
+    tensor (not as its NHWC kernel, nor in fp32)."""
+    if not names:
+        return set()
+    optimized = kernels.optimized_graph(model, providers)
+    if optimized is None:  # over 2 GB: not written in one file; the pools stay as they are
+        return set()
+    int8 = kernels.int8_tensors(optimized)
+    return {
+        kernels.origin(node.name, names)
+        for node in optimized.graph.node
+        if node.op_type in SLOW_INT8_POOLS
+        and node.domain in ("", "ai.onnx")
+        and node.input
+        and node.input[0] in int8
+    } & names
+
+
+def _channels(
+    pool: onnx.NodeProto,
+    dq: onnx.NodeProto,
+    shapes: dict[str, onnx.ValueInfoProto],
+    producers: dict[str, onnx.NodeProto],
+    inits: dict[str, onnx.TensorProto],
+) -> int | None:
+    """Axis 1 of the pool's input: from a recorded shape of the pool's input or output (a pool
+    keeps the channels) or of the tensor quantized for it, else from the weight of the Conv
+    whose output was quantized."""
+    q = producers.get(dq.input[0])
+    quantized = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else dq.input[0]
+    for name in (pool.output[0], pool.input[0], dq.output[0], dq.input[0], quantized):
+        info = shapes.get(name)
+        dims = info.type.tensor_type.shape.dim if info is not None else []
+        if len(dims) >= 3 and dims[1].HasField("dim_value") and dims[1].dim_value > 0:
+            return int(dims[1].dim_value)
+    source = producers.get(quantized) if quantized != dq.input[0] else None
+    if source is not None and source.op_type == "Conv" and len(source.input) > 1:
+        weight = producers.get(source.input[1])
+        name = (
+            weight.input[0]
+            if weight is not None and weight.op_type == "DequantizeLinear"
+            else (source.input[1])
+        )
+        if name in inits and len(inits[name].dims) >= 2:
+            return int(inits[name].dims[0])
+    return None
