@@ -37,6 +37,29 @@ def torch_rows(rounds: int, only: set[str]) -> list[dict[str, Any]]:
     ]
 
 
+def keras_rows(rounds: int, only: set[str], n_calib: int, n_eval: int) -> list[dict[str, Any]]:
+    """The Keras models' rows, measured by keras_runner in a subprocess: TensorFlow's thread
+    pools then never run beside torch's and onnxruntime's in one process."""
+    import subprocess
+    from importlib import util
+
+    from tests.corpus import keras_models
+
+    names = [name for name in keras_models.MODELS if not only or name in only]
+    if not names:
+        return []
+    if util.find_spec("tensorflow") is None:
+        return [{"model": n, "inc_error": "skipped: tensorflow is not installed"} for n in names]
+    command = [sys.executable, "-m", "benchmarks.models.keras_runner", "--rounds", str(rounds)]
+    command += ["--calib", str(n_calib), "--eval", str(n_eval), "--only", *names]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    rows = [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("ROW ")]
+    if not rows:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return [{"model": n, "inc_error": f"keras_runner failed: {tail}"[:200]} for n in names]
+    return rows
+
+
 def fmt_ms(row: dict[str, Any], key: str) -> str:
     if f"{key}_error" in row:
         return "failed: " + row[f"{key}_error"]
@@ -128,6 +151,7 @@ def main() -> None:
         print(json.dumps(row, default=str), flush=True)
         rows.append(row)
     rows += torch_rows(args.rounds, only)
+    rows += keras_rows(args.rounds, only, args.calib, args.eval)
     total = time.perf_counter() - start
     text = [
         "# Validated models (real pretrained models from PyPI wheels)",
@@ -136,7 +160,9 @@ def main() -> None:
         "(`quantization.fit(model, PostTrainingQuantConfig(), calib_dataloader=...)`) and peer int8 ran in one",
         f"process; latency = median of {args.rounds} interleaved rounds, {ort_runner.THREADS} intra-op threads (torch:"
         " torch.set_num_threads(2)). Peer: onnxruntime `quant_pre_process` + `quantize_static` (QDQ, defaults) for",
-        "ONNX; torch.ao FX `prepare_fx`/`convert_fx` with `get_default_qconfig_mapping('x86')` for torch.",
+        "ONNX; torch.ao FX `prepare_fx`/`convert_fx` with `get_default_qconfig_mapping('x86')` for torch;",
+        "for Keras, TensorFlow's full-integer TFLite flow (`TFLiteConverter.from_keras_model`, `Optimize.DEFAULT`,",
+        "a representative dataset, `TFLITE_BUILTINS_INT8`; same interpreter and 2 threads as inc's model).",
         f"Fidelity is measured on {args.eval} held-out batches against the fp32 outputs (1.0 = identical).",
         "Peak memory: growth of the process's peak RSS (Linux VmHWM, reset before each quantization) over RSS before it.",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; whole run {total:.0f} s.",
