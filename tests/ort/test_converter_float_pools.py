@@ -139,6 +139,19 @@ def test_pools_it_cannot_rewrite_are_left_alone(kwargs, why):
     assert out.SerializeToString() == model.SerializeToString(), why
 
 
+def test_a_model_onnxruntime_cannot_load_keeps_its_pools():
+    """The check loads the model; where that fails (here an op no provider has) nothing
+    changes and nothing raises: an int8 pool is slower, never wrong."""
+    model = _qdq_pool()
+    model.graph.node.append(helper.make_node("Unknown", ["y"], ["z"], domain="inc.test"))
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    model.opset_import.append(helper.make_opsetid("inc.test", 1))
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    assert cleanup.float_pools(copy) == []
+    assert copy.SerializeToString() == model.SerializeToString()
+
+
 def test_a_float_pool_is_left_alone():
     model = _qdq_pool()
     float_model = onnx.ModelProto()

@@ -1,8 +1,10 @@
 """Clean-ups after onnxruntime's quantizer: drop Q/DQ pairs that only cost time, write the
-activations onnxruntime has no int8 kernel for in ops it fuses into int8 ones."""
+activations onnxruntime has no int8 kernel for in ops it fuses into int8 ones, and keep fp32
+islands (fp32 ops, pools onnxruntime runs slowly on int8) on its fast fp32 kernels."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,6 +12,8 @@ import numpy as np
 from . import graph as graphs
 from . import kernels
 from ._runtime import onnx
+
+log = logging.getLogger(__name__)
 
 
 def strip_output_qdq(model: onnx.ModelProto) -> int:
@@ -510,7 +514,11 @@ def _generic_int8_pools(
     tensor (not as its NHWC kernel, nor in fp32)."""
     if not names:
         return set()
-    optimized = kernels.optimized_graph(model, providers)
+    try:
+        optimized = kernels.optimized_graph(model, providers)
+    except Exception as exc:  # the pools stay int8: slower, never wrong
+        log.info("float_pools: onnxruntime did not load the int8 model (%s); pools left", exc)
+        return set()
     if optimized is None:  # over 2 GB: not written in one file; the pools stay as they are
         return set()
     int8 = kernels.int8_tensors(optimized)
