@@ -20,7 +20,10 @@ def test_backend_accepts_its_model_and_lists_named_ops(kit, kit_name):
 
 def test_fit_keeps_accuracy_and_leaves_the_user_model_alone(kit):
     before = kit.fingerprint(kit.model)
-    q = quantization.fit(kit.model, PostTrainingQuantConfig(approach="static"), calib_dataloader=kit.calib_loader)
+    # guards=False: the speed guard may time every op back to fp32 on a busy machine
+    q = quantization.fit(
+        kit.model, PostTrainingQuantConfig(approach="static", guards=False), calib_dataloader=kit.calib_loader
+    )
     assert kit.fingerprint(kit.model) == before
     assert q.plan.quantized_ops()
     fp32 = kit.accuracy(kit.model)
@@ -39,7 +42,9 @@ def test_op_name_rule_keeps_an_op_in_fp32(kit):
     backend = registry.for_model(kit.model)
     first = backend.ops(backend.load_model(kit.model, PostTrainingQuantConfig()))[0].name
     conf = PostTrainingQuantConfig(
-        approach="static", op_name_dict={first: {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": ["fp32"]}}}
+        approach="static",
+        op_name_dict={first: {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": ["fp32"]}}},
+        guards=False,
     )
     q = quantization.fit(kit.model, conf, calib_dataloader=kit.calib_loader)
     assert first in q.plan.float_ops()

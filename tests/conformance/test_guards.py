@@ -7,6 +7,8 @@ import json
 import warnings
 from typing import Any
 
+import pytest
+
 from inc_core import PostTrainingQuantConfig, load, quantization
 from inc_core import backend as registry
 from inc_core.errors import GuardWarning
@@ -42,12 +44,17 @@ def test_default_fit_reports_speed_fallback_and_fidelity(kit):
     json.dumps(q.report, allow_nan=False)
 
 
-def test_op_report_has_sqnr_db_for_quantized_ops_and_inc_json_keeps_it(kit, tmp_path):
-    q, _ = default_fit(kit)
+@pytest.mark.parametrize("guards", [True, False])
+def test_op_report_has_sqnr_db_for_quantized_ops_and_inc_json_keeps_it(kit, tmp_path, guards):
+    q, _ = default_fit(kit, guards=guards)
     rows = q.op_report()
     assert all("sqnr_db" in row and "runs_as" in row for row in rows)
     quantized = [row for row in rows if row["op"] in q.plan.quantized_ops()]
-    assert quantized, "the kit's model keeps int8 ops under the default guards"
+    if guards and q.report["speed"].get("returned") == "all ops fp32":
+        # a busy machine timed every int8 build slower: the diagnosis of fp32 ops is empty
+        assert all(row["sqnr_db"] is None for row in rows)
+        return
+    assert quantized, "the kit's model keeps int8 ops"
     measured = [row["sqnr_db"] for row in quantized if row["sqnr_db"] is not None]
     assert measured and all(isinstance(v, float) for v in measured), (
         "Backend.op_outputs gives no per-op outputs: every quantized op's sqnr_db is unknown"

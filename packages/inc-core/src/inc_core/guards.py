@@ -13,8 +13,11 @@ default plan is built, unless ``PostTrainingQuantConfig(guards=False)``:
    rounds until a sequential test with a dead band decides, so a busy machine gives the same
    answer run after run). Unless int8 is clearly faster, candidates with one op type (or, in a
    one-type model, one region of ops) in fp32 are timed, and each that is clearly faster is
-   kept (greedy, bounded). When int8 stays clearly slower, the fastest int8 model found is
-   returned with a warning.
+   kept (greedy, bounded). When no int8 build got clearly faster than fp32, one last
+   candidate is timed: every op in fp32 as the backend builds it (on ONNX Runtime inc's
+   canonical graph). Clearly faster than the best int8 build, it is returned with a warning
+   (no int8 op): an int8 model slower than fp32 is never the answer when fp32 is at hand.
+   Else the fastest int8 model found is returned, with a warning when int8 stays slower.
 
 Fidelity goes first: a fallback for speed only ever makes outputs closer to fp32, not the
 other way round. The report keys are ``fidelity``, ``speed``, ``fallback``, ``op_diagnosis``,
@@ -40,7 +43,7 @@ from .data import batch_size, splittable, take_samples
 from .errors import ConfigError, DataError, GuardWarning
 from .model import QuantizedModel
 from .session import Session
-from .space import QuantPlan
+from .space import FLOAT_DTYPES, QuantPlan
 from .speed import EARLY_BAND, IMPROVES, NOT_FASTER, Bench, Timing
 from .strategy.space import TuningSpace
 
@@ -467,11 +470,17 @@ class Guards:
             # not clearly faster: the backend's other builds of the same plan may be
             self._variants(search)
             slower = slower and not _faster(search)
+        best_int8: Timing | None = None
         if slower:
             search.next_stage()
             self._fallbacks(search)
+            if not _faster(search) and self._all_fp32(search):
+                best_int8 = search.best_int8
         plan, native, timing = search.plan, search.native, search.timing
         self.report["speed"] = _speed_report(timing, self.batch, bench.calls, first, search.tried)
+        if best_int8 is not None:
+            self._say_all_fp32(best_int8)
+            return plan, native
         # a tie whose best rounds put int8 at or above fp32 is said too: a busy machine that
         # cannot tell must not hand back a slower int8 model silently
         unclear = search.timing.against(NOT_FASTER) is None and timing.ratio >= 1.0
@@ -501,6 +510,42 @@ class Guards:
                 break
             self._try(search, name, variant, check_fidelity=True)
 
+    def _all_fp32(self, search: _Search) -> bool:
+        """The last candidate, when no int8 build was clearly faster than fp32: every op in
+        fp32, built by the backend like any candidate (ONNX Runtime: inc's canonical graph,
+        folded and fused; PP-LCNet's opset-11 HardSwish chains fold into its convs and run
+        1.5x the user's graph, which no int8 layout of it beat). Kept when ``Bench.decide``
+        says it is clearly faster than the best int8 build (by ``IMPROVES``), so a model
+        whose int8 only ties fp32 stays int8. Not tried when a rule of the user asks an
+        integer dtype. Returns whether it was kept."""
+        if _asks_integer(self.session.conf):
+            return False
+        fp32 = search.plan.quantized_ops()
+        plan = self.space.fallback(search.plan, fp32)
+        if plan.quantized_ops():
+            return False  # an op that cannot run in fp32
+        search.next_stage()
+        best_int8 = search.timing
+        if not self._try(search, "all ops fp32", plan, fp32=fp32):
+            return False
+        search.best_int8 = best_int8
+        return True
+
+    def _say_all_fp32(self, best_int8: Timing) -> None:
+        """The report keys and the warning of a returned model without int8 ops."""
+        self.report["speed"].update(
+            returned="all ops fp32", best_int8_ratio=round(best_int8.ratio, 4)
+        )
+        _warn(
+            f"no int8 layout beat fp32 on this machine (the fastest int8 model tried was "
+            f"{best_int8.ratio:.2f}x the time of fp32, best of {len(best_int8.ratios)} "
+            f"interleaved rounds each, batch {batch_size(self.batch)}), so the returned model "
+            f"has no int8 op: it is the {self.backend.name} backend's fp32 build of the model "
+            "(on ONNX Runtime, inc's canonical graph). guards=False, or an "
+            "op_name_dict/op_type_dict rule asking int8, keeps int8; report['speed'] and "
+            "report['fallback'] have the numbers"
+        )
+
     def _fallbacks(self, search: _Search) -> None:
         """Greedy: each group of ops (see ``_groups``) in fp32 in turn, kept when faster."""
         seen: set[frozenset[str]] = set()
@@ -515,7 +560,7 @@ class Guards:
                 break
             candidate = self.space.fallback(search.plan, todo)
             if not candidate.quantized_ops():
-                continue  # the guard returns an int8 model, never the fp32 one
+                continue  # all ops fp32 is the last candidate (_all_fp32), timed once
             kept = self._try(search, f"fp32: {name}", candidate, fp32=todo)
             if kept and _faster(search):
                 break
@@ -616,6 +661,20 @@ def _clearly_faster(timing: Timing) -> bool:
     return timing.against(NOT_FASTER) == "below" and timing.ratio <= CLEARLY_FASTER
 
 
+def _asks_integer(conf: Any) -> bool:
+    """Whether an ``op_name_dict``/``op_type_dict`` rule asks an integer dtype: the user
+    wants int8 there, so the speed guard never hands back a model without it."""
+    for key in ("op_name_dict", "op_type_dict"):
+        for tensors in (getattr(conf, key, None) or {}).values():
+            for fields in tensors.values():
+                dtypes = fields.get("dtype", ()) if isinstance(fields, dict) else ()
+                if isinstance(dtypes, str):
+                    dtypes = (dtypes,)
+                if any(d not in FLOAT_DTYPES for d in dtypes):
+                    return True
+    return False
+
+
 def _faster(search: _Search) -> bool:
     """Whether the current model is clearly faster than fp32 (by the ``NOT_FASTER`` margin)."""
     return search.timing.against(NOT_FASTER) == "below"
@@ -636,8 +695,10 @@ class _Search:
     timing: Timing
     tried: list[dict[str, Any]] = field(default_factory=list)
     start: float = field(default_factory=time.perf_counter)
-    #: rows of ``tried`` before the current stage (variants, then fp32 groups)
+    #: rows of ``tried`` before the current stage (variants, fp32 groups, all ops fp32)
     before: int = 0
+    #: the fastest int8 build's timing, once the all-fp32 build replaced it
+    best_int8: Timing | None = None
 
     def next_stage(self) -> None:
         """The fp32 groups after the variants: they share the time, and the first is tried."""
