@@ -155,3 +155,23 @@ def test_callback_on_an_unbuilt_model_says_to_build_it(digits):
             callbacks=[QuantizationCallback()],
             verbose=0,
         )
+
+
+def test_callback_keeps_separable_convs_fp32_and_the_plan_says_so(digits):
+    """The callback trains the user's own layers: a SeparableConv2D stays one float layer there
+    (PTQ splits it into int8 depthwise + pointwise convs on its private copy)."""
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.SeparableConv2D(8, 3, padding="same", activation="relu", name="sep")(inputs)
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="head")(keras.layers.Flatten()(h)))
+    model.compile(
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    cb = QuantizationCallback()
+    model.fit(digits.x_train, digits.y_train, epochs=1, batch_size=64, callbacks=[cb], verbose=0)
+    quantized = cb.quantized.plan.quantized_ops()
+    assert "conv" in quantized and "head" in quantized
+    assert "sep" not in quantized and "sep_depthwise" not in quantized
+    assert {row["op"] for row in cb.quantized.op_report()} >= {"sep", "sep_depthwise", "conv"}
+    fp32 = digits.accuracy(lambda x: model(x, training=False))
+    assert digits.accuracy(cb.quantized.model) >= fp32 - 0.05

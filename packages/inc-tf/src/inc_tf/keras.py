@@ -24,7 +24,9 @@ from inc_core.config import QuantizationAwareTrainingConfig
 from inc_core.errors import ConfigError, IncError
 from inc_core.model import QuantizedModel
 from inc_core.quantization import prepare_session
+from inc_core.space import OpQuant, QuantPlan
 
+from . import layers as kl
 from . import qat
 from .backend import TfBackend, effective_plan
 from .points import patch, points, tensors, unpatch
@@ -60,7 +62,7 @@ class QuantizationCallback(keras.callbacks.Callback):
                     f"inc_tf.keras.QuantizationCallback needs a Keras model; the {session.backend.name!r} backend took it"
                 )
             self._backend = session.backend
-            self._plan = session.default_plan
+            self._plan = _trained_in_place(model, session.default_plan)
             self._points = points(model, effective_plan(model, self._plan))
             self._quantizer = qat.TrainingQuantizer(tensors(model, self._points))
         if self._quantizer is None:  # set with the plan above, on the first fit
@@ -95,3 +97,18 @@ class QuantizationCallback(keras.callbacks.Callback):
                 "nothing to save yet: train with model.fit(..., callbacks=[this callback]) first"
             )
         return self.quantized.save(directory)
+
+
+def _trained_in_place(model: keras.Model, plan: QuantPlan) -> QuantPlan:
+    """``plan`` with the ops that the model being trained does not have as layers in fp32.
+
+    The session plans a private copy, in which a SeparableConv2D is split into its depthwise
+    and pointwise convs (``separable``); the callback patches the user's own layers, where it
+    stays one layer that trains in float, and the plan (op_report, inc.json) says so."""
+    layers = {layer.name for layer in kl.quantizable(model)}
+    floats = {
+        name: OpQuant.float()
+        for name, op in plan.ops.items()
+        if op.quantized and name not in layers
+    }
+    return plan.with_ops(floats) if floats else plan
