@@ -247,3 +247,9 @@ def test_a_reader_with_get_next_is_read_until_none():
 
     batches = list(model_inputs(Reader()))
     assert [b["input"].shape[0] for b in batches] == [2, 1]
+
+
+def test_one_dict_of_inputs_is_a_batch_not_a_loader():
+    feeds = {"image": np.ones((2, 3)), "mask": np.ones((2, 3))}
+    with pytest.raises(DataError, match=r"single dict of inputs \('image', 'mask'\).*\[feeds\]"):
+        list(model_inputs(feeds))

@@ -574,3 +574,23 @@ def test_unknown_suffix_is_read_by_the_backend_that_knows_the_content(site, mlp,
     other.write_bytes(b"\x00" * 64)
     with pytest.raises(ModelError, match=r"other\.bin"):
         quantization.fit(str(other), UNGUARDED, calib_dataloader=batches(blobs[0]))
+
+
+def test_an_approach_without_kernels_for_the_models_ops_names_what_it_covers():
+    from .tuning_backend import ToyBackend, calib_batches, toy_net
+
+    registry.register(ToyBackend)
+    try:
+        with pytest.raises(ModelError) as info:
+            quantization.fit(
+                toy_net(),
+                PostTrainingQuantConfig(approach="dynamic"),
+                calib_dataloader=calib_batches(),
+            )
+    finally:
+        registry.unregister(ToyBackend.name)
+    message = str(info.value)
+    assert "no op of the model can be quantized with approach 'dynamic'" in message
+    assert "it quantizes these op types (dynamic): none" in message
+    assert "quantizable op types found in the model: Add, Conv, MatMul" in message
+    assert "approach='static' with calib_dataloader" in message

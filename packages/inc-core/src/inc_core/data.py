@@ -244,6 +244,14 @@ def _iterate(dataloader: Iterable[Any], what: str) -> Iterator[Any]:
             f"{what} is a single array of shape {tuple(dataloader.shape)}; pass an iterable of "
             "batches instead, e.g. [(x, y)] or [x[i:i + 32] for i in range(0, len(x), 32)]"
         )
+    if isinstance(dataloader, Mapping):
+        # iterating a dict yields its keys: the input names would be read as the data
+        keys = ", ".join(repr(k) for k in list(dataloader)[:4])
+        raise DataError(
+            f"{what} is a single dict of inputs ({keys}): that is one batch, and iterating it "
+            "yields its keys; pass an iterable of batches instead, e.g. [feeds] or a list of "
+            "such dicts"
+        )
     get_next = getattr(dataloader, "get_next", None)
     if callable(get_next) and not hasattr(dataloader, "__iter__"):
         # onnxruntime's CalibrationDataReader protocol: get_next() until it returns None

@@ -341,9 +341,17 @@ def prepare_session(
                 f"{backend.framework} cannot quantize any op of this model dynamically (op types: "
                 f"{types}); pass calib_dataloader for static quantization"
             )
+        allowed = {a: ", ".join(sorted(c)) or "none" for a, c in capabilities.items()}
+        hint = (
+            "; static quantization (approach='static' with calib_dataloader) covers more op types"
+            if approach == "dynamic"
+            else ""
+        )
         raise ModelError(
             f"no op of the model can be quantized with approach {approach!r} on "
-            f"{backend.framework}; op types in the model: {types}"
+            f"{backend.framework}: it quantizes these op types ({approach}): "
+            f"{'; '.join(allowed.values())}; quantizable op types found in the model: "
+            f"{types}{hint}"
         )
     if calib_dataloader is None:
         return Session(backend, native, conf, spaces, None, calib_func)
