@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -341,3 +342,19 @@ def test_is_onnx_file_reads_content_not_names(cnn_path, tmp_path):
     assert model_io.is_onnx_file(renamed)
     assert not model_io.is_onnx_file(text)
     assert not model_io.is_onnx_file(tmp_path / "missing.onnx")
+
+
+def test_a_classical_ml_model_without_standard_ops_says_there_is_nothing_to_quantize():
+    # onnxruntime ships this one: a scikit-learn logistic regression (onnxmltools, ai.onnx.ml)
+    from onnxruntime.datasets import get_example
+
+    path = get_example("logreg_iris.onnx")
+    before = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    feeds = [{"float_input": np.random.default_rng(0).random((4, 4), dtype=np.float32)}]
+    with pytest.raises(ModelError) as info:
+        quantization.fit(path, PostTrainingQuantConfig(), calib_dataloader=feeds)
+    message = str(info.value)
+    assert "imports no standard ONNX operator set" in message and "ai.onnx.ml" in message
+    assert "LinearClassifier" in message and "nothing to quantize" in message
+    assert "convert_version" not in message  # converting its opset cannot help
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == before

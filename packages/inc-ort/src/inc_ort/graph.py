@@ -67,6 +67,15 @@ def with_quantizable_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     opset 13, and a warning says so. Below 10 a failed conversion is an error; from 10 on inc
     keeps the model's own opset (per-tensor weights only) and says why.
     """
+    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+        domains = sorted({o.domain for o in model.opset_import}) or ["none"]
+        types = sorted({n.op_type for n in model.graph.node})
+        raise ModelError(
+            f"the model imports no standard ONNX operator set (opset imports: "
+            f"{', '.join(domains)}; op types: {', '.join(types[:8]) or 'none'}): it holds no "
+            "Conv, MatMul, Gemm or other op inc quantizes (classical ML converters such as "
+            "skl2onnx and onnxmltools write ai.onnx.ml ops), so there is nothing to quantize"
+        )
     found = opset(model)
     if found >= QUANTIZABLE_OPSET:
         return model
