@@ -75,6 +75,7 @@ def calibration_inputs(
     """Linears grouped by the input they share (q/k/v, gate/up), each group's GPTQ Hessian
     and a sample of its input rows (for AWQ), from the fp32 model on ``batches``."""
     from inc_core.weight_only import HessianAccumulator
+    from inc_core.weight_only.gptq import shrunk_hessian
 
     mods = linears(model)
     seen: dict[str, int] = {}
@@ -111,10 +112,11 @@ def calibration_inputs(
             model(b)
     for h in hooks:
         h.remove()
-    # GPTQ gets the Hessian of every calibration row; AWQ's search reads the sampled rows
+    # GPTQ gets the Hessian of every calibration row, shrunk by their count as fit's GPTQ
+    # shrinks it; AWQ's search reads the sampled rows
     return (
         groups,
-        {k: v.value for k, v in hess.items()},
+        {k: shrunk_hessian(v.value, v.samples) for k, v in hess.items()},
         {k: np.concatenate(v) for k, v in samples.items()},
     )
 

@@ -43,7 +43,10 @@ def fake_quantized(
         out = woq.rtn(joined, s.bits, s.group_size, s.scheme).dequantize()
     elif s.algorithm == "GPTQ":
         assert x is not None
-        out = woq.gptq(joined, woq.hessian(x), s.bits, s.group_size, s.scheme).dequantize()
+        rows = int(np.prod(np.shape(x)[:-1]))  # the Hessian's sample count, as fit passes it
+        out = woq.gptq(
+            joined, woq.hessian(x), s.bits, s.group_size, s.scheme, samples=rows
+        ).dequantize()
     elif s.algorithm == "AWQ":
         assert x is not None
         found = woq.awq(joined, x, s.bits, s.group_size, s.scheme)

@@ -8,15 +8,19 @@ import pytest
 from inc_core.errors import ConfigError
 from inc_core.weight_only import (
     HessianAccumulator,
+    InputStatsCollector,
+    WeightOnlyScheme,
     awq,
     dequantize,
     fake_quantize,
     gptq,
     hessian,
     quantize,
+    quantize_weights,
     rtn,
     search_scale,
 )
+from inc_core.weight_only.gptq import shrunk_hessian
 from inc_core.weight_only.groupwise import group_params, quantize_values, values_of
 from inc_core.weight_only.rtn import best_clip
 
@@ -261,6 +265,51 @@ def test_gptq_dead_features_and_hessian_streaming() -> None:
     got = gptq(w, acc.value, 4, 4).dequantize()
     assert (got[3] == 0).all()  # its weights cannot matter: quantized to zero
     assert np.isfinite(got).all()
+
+
+def test_the_hessian_of_few_samples_is_shrunk_toward_its_diagonal() -> None:
+    rng = np.random.default_rng(8)
+    x = correlated_inputs(rng, 30, 10)
+    h = hessian(x)
+    shrunk = shrunk_hessian(h, 30)  # K=10, 30 rows: off-diagonals kept at 30 / 40
+    np.testing.assert_allclose(np.diag(shrunk), np.diag(h))
+    off = ~np.eye(10, dtype=bool)
+    np.testing.assert_allclose(shrunk[off], 0.75 * h[off])
+    # a diagonal Hessian compensates nothing: GPTQ is RTN, the end shrinkage moves toward
+    w = rng.normal(size=(10, 6)).astype(np.float32)
+    diagonal = np.diag(np.diag(h))
+    np.testing.assert_array_equal(gptq(w, diagonal, 4, 5).q, rtn(w, 4, 5).q)
+    # fit's path: quantize_weights hands GPTQ the statistics' sample count
+    collector = InputStatsCollector({"op": "GPTQ"})
+    collector.add("op", x)
+    (got,) = quantize_weights(
+        [w], WeightOnlyScheme(4, 5, "sym", "GPTQ"), {}, collector.result()["op"]
+    )
+    np.testing.assert_array_equal(got.weight.q, gptq(w, shrunk, 4, 5, full_range=True).q)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=r"samples=.* must be a positive integer"):
+            gptq(w, h, samples=bad)  # type: ignore[arg-type]
+
+
+def test_gptq_from_few_calibration_rows_does_not_overfit_them() -> None:
+    """Heavy-tailed, weakly correlated inputs (as an LLM's MLP input) and 1.25 rows per
+    feature: the sample Hessian's off-diagonal noise makes plain GPTQ's compensation 7-54%
+    worse than RTN on other inputs (measured); shrunk by the sample count it stays within 4%
+    of RTN (on SmolLM2-135M's real layers it beats RTN; see gptq.shrunk_hessian)."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        k = 128
+        mixing = np.eye(k) + 0.3 * rng.normal(size=(k, k)) / np.sqrt(k)
+        scales = rng.lognormal(0, 1, size=k)
+        calib, other = (
+            (rng.standard_t(3, size=(rows, k)) @ mixing) * scales for rows in (160, 4000)
+        )
+        w = rng.normal(size=(k, 32)).astype(np.float32)
+        h = hessian(calib)
+        plain = output_mse(other, w, gptq(w, h, 4, 32).dequantize())
+        shrunk = output_mse(other, w, gptq(w, h, 4, 32, samples=160).dequantize())
+        rounded = output_mse(other, w, rtn(w, 4, 32).dequantize())
+        assert shrunk < 0.95 * plain and shrunk < 1.05 * rounded, (seed, shrunk, plain, rounded)
 
 
 def test_gptq_bad_arguments() -> None:

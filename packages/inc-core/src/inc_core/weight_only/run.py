@@ -78,6 +78,8 @@ def quantize_weights(
             bool(args["act_order"]),
             bool(args["static_groups"]),
             bool(args["enable_full_range"]),
+            # the Hessian's sample count: few rows against K shrink it (gptq.shrunk_hessian)
+            stats.samples or None,
         )
         return [WeightResult(_columns(qw, a, b)) for a, b in _spans(widths)]
     if algorithm == "AWQ":
