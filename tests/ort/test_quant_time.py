@@ -162,3 +162,21 @@ def test_find_by_name_is_routed_only_while_a_build_runs_and_only_for_its_list() 
         nodes = indexed.nodes()
         assert qdq_quantizer.find_by_name(nodes[0].name, nodes) is original(nodes[0].name, nodes)
     assert qdq_quantizer.find_by_name is original and quant_utils.find_by_name is original
+
+
+def test_a_build_does_not_depend_on_the_builds_before_it(
+    cnn: onnx.ModelProto, calib: list[tuple[np.ndarray, np.ndarray]]
+) -> None:
+    """The guards build on one backend in turn: the default plan, then fallback plans with
+    fewer int8 ops, QOperator too. Each is the model that plan gives built alone, and
+    building the same plan twice gives the same bytes."""
+    session = prepare_session(cnn, PostTrainingQuantConfig(), calib)
+    backend, fp32, plan = session.backend, session.model, session.default_plan
+    ranges = session.ranges_for(plan)
+    plans = _plans(plan)
+    in_turn = {name: _digest(backend.quantize(fp32, p, ranges)) for name, p in plans.items()}
+    again = {name: _digest(backend.quantize(fp32, p, ranges)) for name, p in plans.items()}
+    assert again == in_turn
+    for name, p in plans.items():
+        alone = prepare_session(cnn, PostTrainingQuantConfig(), calib)
+        assert _digest(alone.backend.quantize(alone.model, p, ranges)) == in_turn[name], name

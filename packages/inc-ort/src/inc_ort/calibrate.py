@@ -113,12 +113,23 @@ def run_batches(
             raise DataError(
                 f"onnxruntime could not run the model on the calibration data: {exc}"
             ) from exc
-        for name, value in zip(tensors, values, strict=True):
-            visit(name, value)
+        _visit_all(tensors, values, visit)
+        # let go of this batch's tensors before the next run: its outputs then reuse their
+        # memory (already mapped) instead of new pages, and two batches are never held at once
+        # (opennsfw: 0.44 GB of exposed tensors a batch; calibration 2.0-2.4 -> 1.7-2.0 s)
+        del values
         count += 1
     if count == 0:
         raise DataError("calibration data yielded no samples; give it at least one batch")
     return count
+
+
+def _visit_all(
+    tensors: list[str], values: list[Any], visit: Callable[[str, np.ndarray], None]
+) -> None:
+    """``visit`` each tensor's value (the loop's last value goes with this frame)."""
+    for name, value in zip(tensors, values, strict=True):
+        visit(name, value)
 
 
 def collect_ranges(
