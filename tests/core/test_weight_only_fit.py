@@ -15,7 +15,7 @@ import pytest
 
 import inc_core
 from inc_core import backend as registry
-from inc_core import quantization
+from inc_core import quantization, speed
 from inc_core.config import AccuracyCriterion, PostTrainingQuantConfig, TuningCriterion
 from inc_core.errors import ConfigError, GuardWarning
 from inc_core.space import OpCapability, QuantPlan, TensorRanges
@@ -144,6 +144,8 @@ def test_a_weight_only_model_not_faster_than_fp32_is_warned_about_and_kept(
     with pytest.warns(GuardWarning, match=r"weight-only model is 1\.00x the time of fp32"):
         q = quantization.fit(mlp, woq(), calib_dataloader=calib_loader)
     assert q.report["speed"]["verdict"] == "not faster"
+    # timed on one calibration sample, in the fewest rounds: the numbers only inform
+    assert q.report["speed"]["batch"] == 1 and q.report["speed"]["rounds"] == speed.MIN_ROUNDS
     assert q.report["fallback"] == [] and q.plan.quantized_ops() == ["fc1", "fc2"]
 
 

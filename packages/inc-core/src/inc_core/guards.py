@@ -44,7 +44,7 @@ from .errors import ConfigError, DataError, GuardWarning
 from .model import QuantizedModel
 from .session import Session
 from .space import FLOAT_DTYPES, QuantPlan
-from .speed import EARLY_BAND, IMPROVES, NOT_FASTER, Bench, Timing
+from .speed import EARLY_BAND, IMPROVES, MIN_ROUNDS, NOT_FASTER, Bench, Timing
 from .strategy.space import TuningSpace
 
 log = logging.getLogger(__name__)
@@ -810,13 +810,17 @@ def weight_only_checks(
 
 
 def _weight_only_speed(session: Session, native: Any, batch: Any) -> dict[str, Any]:
-    """``report["speed"]`` of a weight-only model: fp32 against it on one calibration batch,
-    with a warning when it is not faster (nothing falls back)."""
+    """``report["speed"]`` of a weight-only model: fp32 against it on one calibration sample,
+    ``MIN_ROUNDS`` rounds, with a warning when it is not faster (nothing falls back, so the
+    rounds only inform). One sample is the shape weight-only kernels are for (a decode step
+    is one row); a whole batch of long prompts cost SmolLM2-135M's fit 142 s of 200."""
     if batch is None:
         return {"skipped": "no calibration batch to time (pass calib_dataloader to measure)"}
+    if splittable(batch) and batch_size(batch) > 1:
+        batch = take_samples(batch, 1)
     try:
         bench = Bench(session.backend, session.model, batch)
-        timing = bench.time(native)
+        timing = bench.time(native, rounds=MIN_ROUNDS)
     except NotImplementedError:
         return {"skipped": f"backend {session.backend.name!r} has no latency"}
     out = _speed_report(timing, batch, bench.calls, timing, [])
