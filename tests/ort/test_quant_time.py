@@ -60,12 +60,15 @@ def _plans(plan: QuantPlan) -> dict[str, QuantPlan]:
     }
 
 
-def _builds_match(model: Any, calib: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    session = prepare_session(model, PostTrainingQuantConfig(), calib)
+def _builds_match(
+    model: Any, calib: Any, monkeypatch: pytest.MonkeyPatch, approach: str = "static"
+) -> None:
+    session = prepare_session(model, PostTrainingQuantConfig(approach=approach), calib)
     backend, fp32, plan = session.backend, session.model, session.default_plan
     ranges = session.ranges_for(plan)
     before = _digest(fp32)
-    for name, p in _plans(plan).items():
+    plans = _plans(plan) if approach == "static" else {"dynamic": plan}
+    for name, p in plans.items():
         fast = backend.quantize(fp32, p, ranges)
         with _parents_lookups(monkeypatch):
             slow = backend.quantize(fp32, p, ranges)
@@ -73,10 +76,11 @@ def _builds_match(model: Any, calib: Any, monkeypatch: pytest.MonkeyPatch) -> No
     assert _digest(fp32) == before  # inc's fp32 graph, built on again by the guards
 
 
+@pytest.mark.parametrize("approach", ["static", "dynamic"])
 def test_builds_are_the_parents_bytes_on_the_digits_cnn(
-    cnn: onnx.ModelProto, calib: list[tuple[np.ndarray, np.ndarray]], monkeypatch
+    cnn: onnx.ModelProto, calib: list[tuple[np.ndarray, np.ndarray]], monkeypatch, approach
 ) -> None:
-    _builds_match(cnn, calib, monkeypatch)
+    _builds_match(cnn, calib, monkeypatch, approach)
 
 
 def test_builds_are_the_parents_bytes_on_a_converter_graph(monkeypatch) -> None:
