@@ -66,8 +66,13 @@ def test_speed_guard_reports(corpus_case: dict[str, Any]) -> None:
     q = corpus_case["q"]
     speed = q.report.get("speed")
     assert speed is not None, "q.report['speed'] is missing (issue 11's speed guard)"
-    if not q.plan.quantized_ops():  # the fidelity guard kept every op in fp32: nothing to time
-        assert "skipped" in speed and len(q.report["fallback"]) == len(q.plan.ops)
+    if not q.plan.quantized_ops():
+        assert len(q.report["fallback"]) == len(q.plan.ops)
+        if speed.get("returned") == "all ops fp32":  # no int8 build beat fp32: timed, said
+            assert speed["best_int8_ratio"] > speed["ratio"] > 0
+            assert {row["why"] for row in q.report["fallback"]} <= {"slower", "fidelity"}
+        else:  # the fidelity guard kept every op in fp32: nothing to time
+            assert "skipped" in speed
         return
     assert {"fp32_ms", "int8_ms", "batch"} <= set(speed)
     assert speed["fp32_ms"] > 0 and speed["int8_ms"] > 0 and speed["batch"] >= 1
