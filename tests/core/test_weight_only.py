@@ -43,7 +43,7 @@ def test_asym_two_bits_by_hand_with_padding() -> None:
     # K=5 with groups of 3: the second group is padded with one zero row, as MatMulNBits does
     w = np.array([[0.3, -3.0], [1.5, 0.0], [3.0, 0.0], [-1.0, 0.0], [0.5, 0.0]], np.float32)
     qw = quantize(w, bits=2, group_size=3, scheme="asym")
-    # column 0, group 0: range [0, 3] -> scale 1, zero 0; 1.5 rounds half to even (2)
+    # column 0, group 0: range [0, 3] -> scale 1, zero 0; 1.5 rounds half away from zero (2, as MLAS)
     # column 0, group 1: [-1, 0.5, 0(pad)] -> scale 0.5, zero 2
     # column 1: group 0 [-3, 0] -> scale 1, zero 3; group 1 all zero -> scale 1, zero 0
     np.testing.assert_array_equal(qw.scale, [[1.0, 1.0], [0.5, 1.0]])
@@ -67,6 +67,20 @@ def test_sym_by_hand_default_and_full_range() -> None:
     np.testing.assert_array_equal(full.scale[:, 1], [-0.125, 0.25])
     np.testing.assert_array_equal(full.q[:, 1], [0, 12, 9, 0])
     np.testing.assert_array_equal(dequantize(full)[:, 1], w[:, 1])
+
+
+def test_full_range_rounds_as_mlas_does() -> None:
+    """onnxruntime's MatMulNBitsQuantizer (MLAS, q4_dq.cpp) rounds ``w * (1 / s) + 8`` in
+    float32, ties away from zero, and maps the minimum onto -8 when both ends are as large;
+    tests/ort/test_weight_only_peer.py checks the bytes against onnxruntime itself."""
+    # column 0: scale 1 (-8 is the extreme); 0.5 is a tie (9, not 8 as ties to even);
+    # 0.49999964 is below a half but 8.49999964 is 8.5 in float32 (MiniLM had 4 such weights)
+    # column 1: -2 and 2 tie: the minimum -2 maps onto -8 (scale 0.25), 2 clips to 15
+    w = np.array([[-8.0, -2.0], [0.5, 2.0], [0.49999964, 0.0], [-2.5, 0.5]], np.float32)
+    full = quantize(w, bits=4, group_size=4, scheme="sym", full_range=True)
+    np.testing.assert_array_equal(full.scale, [[1.0, 0.25]])
+    np.testing.assert_array_equal(full.q[:, 0], [0, 9, 9, 6])  # -2.5 + 8 = 5.5 -> 6
+    np.testing.assert_array_equal(full.q[:, 1], [0, 15, 8, 10])
 
 
 @pytest.mark.parametrize("scheme", ["sym", "asym"])

@@ -9,13 +9,13 @@ import numpy as np
 from inc_core.weight_only import QuantizedWeight
 
 
-def pack_values(values: np.ndarray, bits: int) -> np.ndarray:
+def pack_values(values: np.ndarray, bits: int, fill: int = 0) -> np.ndarray:
     """uint8 ``values`` ``(..., L)`` (each below ``2**bits``) packed along the last axis,
-    earlier values in the lower bits; ``L`` padded with zeros to whole bytes."""
+    earlier values in the lower bits; ``L`` padded with ``fill`` to whole bytes."""
     per_byte = 8 // bits
     length = values.shape[-1]
     padded_len = -(-length // per_byte) * per_byte
-    padded = np.zeros((*values.shape[:-1], padded_len), dtype=np.uint8)
+    padded = np.full((*values.shape[:-1], padded_len), fill, dtype=np.uint8)
     padded[..., :length] = values
     parts = padded.reshape(*values.shape[:-1], padded_len // per_byte, per_byte)
     packed = np.zeros(parts.shape[:-1], dtype=np.uint8)
@@ -44,5 +44,8 @@ def pack(qw: QuantizedWeight, block_size: int) -> tuple[np.ndarray, np.ndarray, 
     by_column = rows.T.reshape(n, n_blocks, block_size)
     blob = pack_values(by_column, qw.bits)
     scales = np.ascontiguousarray(qw.scale.T, dtype=np.float32).reshape(-1)
-    zero_points = pack_values(np.ascontiguousarray(qw.zero_point.T), qw.bits).reshape(-1)
+    # an odd block count's spare zero point nibble is never read: 2**(bits-1), as onnxruntime's
+    # own quantizer writes it, so that the bytes are the same
+    zp = np.ascontiguousarray(qw.zero_point.T)
+    zero_points = pack_values(zp, qw.bits, fill=2 ** (qw.bits - 1)).reshape(-1)
     return blob, scales, zero_points
