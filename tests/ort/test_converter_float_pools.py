@@ -199,3 +199,81 @@ def test_a_pool_between_int8_convs_keeps_onnxruntime_nhwc_int8_kernel():
     out, changed = _rewritten(q.model)
     assert changed == []
     assert out.SerializeToString() == q.model.SerializeToString()
+
+
+def _counting_optimized_graph(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the times float_pools asks onnxruntime for its optimized graph (the real call
+    still runs: this only counts it)."""
+    calls: list[int] = []
+    real = kernels.optimized_graph
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "optimized_graph", counted)
+    return calls
+
+
+def test_a_pool_between_int8_convs_is_not_checked_with_onnxruntime(monkeypatch):
+    """The check costs 0.2-0.35 s a build; a pool plainly between two int8 convs (onnxruntime's
+    NhwcMaxPool) is known without it, so a conv-pool-conv build never asks."""
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.normal(0, 1, (4, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+    q = quantization.fit(
+        _conv_pool_conv(), PostTrainingQuantConfig(guards=False), calib_dataloader=calib
+    )
+    calls = _counting_optimized_graph(monkeypatch)
+    out, changed = _rewritten(q.model)
+    assert changed == [] and calls == []
+    assert out.SerializeToString() == q.model.SerializeToString()
+
+
+def test_a_pool_outside_int8_convs_is_still_checked(monkeypatch):
+    calls = _counting_optimized_graph(monkeypatch)
+    _, changed = _rewritten(_qdq_pool())
+    assert changed == ["pool"] and len(calls) == 1
+
+
+def test_a_pool_whose_sides_differ_is_not_checked(monkeypatch):
+    """Another scale after the pool (YOLOv8's SPPF pools, each calibrated on its own):
+    onnxruntime keeps DQ -> MaxPool -> Q, the pool runs in fp32 already, nothing to ask."""
+    model = _qdq_pool()
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0.04, np.float32), "s2"))
+    q = next(n for n in model.graph.node if n.name == "p_q")
+    q.input[1] = "s2"
+    assert _pool_kernel(model) == "fp32"
+    calls = _counting_optimized_graph(monkeypatch)
+    _, changed = _rewritten(model)
+    assert changed == [] and calls == []
+
+
+def test_ppocr_cls_int8_build_runs_its_pools_in_fp32():
+    """PP-OCR's text-line classifier (rapidocr-onnxruntime wheel): its MaxPools sit after
+    hard-swish gates, where onnxruntime would run them with its generic int8 loop; inc's build
+    (fit, guards off) runs every one in fp32 and agrees with fp32 on the real inputs."""
+    from tests.corpus.onnx_models import MODELS
+
+    corpus = MODELS["ppocr-cls"]
+    model = onnx.load(str(corpus.path()))
+    assert any(n.op_type == "MaxPool" for n in model.graph.node)
+    q = quantization.fit(
+        model, PostTrainingQuantConfig(guards=False), calib_dataloader=corpus.batches("calib", 4)
+    )
+    optimized = kernels.optimized_graph(q.model, PROVIDERS)
+    assert optimized is not None
+    int8 = kernels.int8_tensors(optimized)
+    pools = [n for n in optimized.graph.node if "MaxPool" in n.op_type]
+    assert pools, [n.op_type for n in optimized.graph.node]
+    assert all(n.op_type == "MaxPool" and n.input[0] not in int8 for n in pools)
+    assert any(n.name.endswith("_inc_float_pool_dq") for n in q.model.graph.node)
+    feeds = corpus.batches("eval", 1)[0]
+    ref, got = (_run_all(m, feeds) for m in (model, q.model))
+    assert corpus.fidelity([ref], [got]) >= 0.9
+
+
+def _run_all(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=PROVIDERS)
+    return [np.asarray(o) for o in session.run(None, feed)]

@@ -280,6 +280,8 @@ class OrtBackend(Backend):
                     # the listed depthwise convs (graph.is_depthwise) pay only with the
                     # hard-sigmoid gates between them in int8
                     cleanup.int8_gates(work)
+                    # after the gates: a pool behind an int8 gate is one the check sees as int8
+                    cleanup.float_pools(work, providers.providers_for(self.config_backend))
                 cleanup.keep_float(work, {n for n, op in plan.ops.items() if not op.quantized})
             if nodes.dynamic:
                 big = model_io.detached(work)

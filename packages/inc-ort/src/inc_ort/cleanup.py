@@ -482,7 +482,19 @@ def float_pools(
         channels = _channels(node, dq, shapes, producers, inits)
         if channels is not None:
             found.append((node, dq, channels))
-    slow = _generic_int8_pools(model, {node.name for node, _, _ in found}, providers)
+    # asking onnxruntime costs 0.2-0.35 s a build (it optimizes the whole model): only for pools
+    # that are not plainly between int8 convs, where it always runs its fast NhwcMaxPool
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    asked = {
+        node.name
+        for node, dq, _ in found
+        if not _requantized_otherwise(node, dq, consumers, inits)
+        and not _between_int8_convs(node, dq, producers, consumers)
+    }
+    slow = _generic_int8_pools(model, asked, providers)
     changed = []
     for node, dq, channels in found:
         if node.name not in slow:
@@ -505,6 +517,85 @@ def float_pools(
     if changed:
         _drop_unread_qdq(graph)
     return changed
+
+
+def _requantized_otherwise(
+    pool: onnx.NodeProto,
+    dq: onnx.NodeProto,
+    consumers: dict[str, list[onnx.NodeProto]],
+    inits: dict[str, onnx.TensorProto],
+) -> bool:
+    """The pool's only reader is a QuantizeLinear with another constant scale or zero point
+    than its DQ's (other values, not only other names): onnxruntime keeps ``DQ -> pool -> Q``
+    and pools in fp32 already (YOLOv8's SPPF pools, each calibrated on its own). A pool read
+    by anything else is left to the check (onnxruntime pools a DQ'd tensor read by a graph
+    output on int8 too: test_channels_from_the_conv_that_wrote_the_tensor)."""
+    readers = consumers.get(pool.output[0], [])
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
+        return False
+    q = readers[0]
+    for index in (1, 2):
+        a = dq.input[index] if index < len(dq.input) else ""
+        b = q.input[index] if index < len(q.input) else ""
+        if a == b:
+            continue
+        if not a or not b or a not in inits or b not in inits:
+            return False  # not constants both: left to the check
+        x, y = (onnx.numpy_helper.to_array(inits[n]) for n in (a, b))
+        if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(x, y):
+            return True
+    return False
+
+
+def _between_int8_convs(
+    pool: onnx.NodeProto,
+    dq: onnx.NodeProto,
+    producers: dict[str, onnx.NodeProto],
+    consumers: dict[str, list[onnx.NodeProto]],
+) -> bool:
+    """``Conv -> Q -> DQ -> pool -> Q -> DQ -> Conv(s)`` with every Conv an int8 one (input and
+    weight dequantized, output read only by QuantizeLinear): onnxruntime runs such a pool as
+    NhwcMaxPool in the convs' layout (test_converter_float_pools). Strict on purpose: a pool
+    this misses is only checked with onnxruntime, one it wrongly took would stay slow."""
+    q = producers.get(dq.input[0])
+    if (
+        q is None
+        or q.op_type != "QuantizeLinear"
+        or not _int8_conv(producers.get(q.input[0]), producers, consumers)
+    ):
+        return False
+    after = consumers.get(pool.output[0], [])
+    if len(after) != 1 or after[0].op_type != "QuantizeLinear":
+        return False
+    dqs = consumers.get(after[0].output[0], [])
+    readers = [r for d in dqs for r in consumers.get(d.output[0], [])]
+    return (
+        bool(dqs)
+        and all(d.op_type == "DequantizeLinear" for d in dqs)
+        and bool(readers)
+        and all(
+            _int8_conv(r, producers, consumers) and r.input[0] in {d.output[0] for d in dqs}
+            for r in readers
+        )
+    )
+
+
+def _int8_conv(
+    node: onnx.NodeProto | None,
+    producers: dict[str, onnx.NodeProto],
+    consumers: dict[str, list[onnx.NodeProto]],
+) -> bool:
+    """A Conv onnxruntime fuses into QLinearConv: input and weight from DequantizeLinear, output
+    read only by QuantizeLinear."""
+    if node is None or node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+        return False
+    if len(node.input) < 2 or any(
+        (p := producers.get(name)) is None or p.op_type != "DequantizeLinear"
+        for name in node.input[:2]
+    ):
+        return False
+    readers = consumers.get(node.output[0], [])
+    return bool(readers) and all(r.op_type == "QuantizeLinear" for r in readers)
 
 
 def _generic_int8_pools(
