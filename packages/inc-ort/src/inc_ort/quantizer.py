@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 from onnxruntime.quantization import base_quantizer, onnx_quantizer, qdq_quantizer, quant_utils
+from onnxruntime.quantization import registry as ort_registry
 from onnxruntime.quantization.onnx_model import ONNXModel
 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+from onnxruntime.quantization.operators.base_operator import QuantOperatorBase
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import (
     TENSOR_NAME_QUANT_SUFFIX,
@@ -716,6 +718,40 @@ def _patches() -> list[tuple[Any, str, Any, Any]]:
     ]
 
 
+_QLINEAR_WHERE = ort_registry.QLinearOpsRegistry.get("Where")
+
+
+def _dequantizing_where(parent: type) -> type:
+    """onnxruntime's QLinearWhere, dequantizing its inputs where it leaves the Where fp32.
+
+    Without ``ForceQuantizeNoInputCheck`` it appends the Where unchanged and returns, reading a
+    tensor that quantizing its producer removed (``MatMul -> Where``, an attention mask: "Invalid
+    model with unknown initializers/tensors"); every other op left fp32 gets a
+    DequantizeLinear for each quantized input (QuantOperatorBase.quantize), and so does this."""
+
+    class DequantizingWhere(parent):  # type: ignore[misc,valid-type]
+        def quantize(self) -> None:
+            if not self.quantizer.force_quantize_no_input_check:
+                QuantOperatorBase.quantize(self)
+                return
+            super().quantize()
+
+    return DequantizingWhere
+
+
+_DEQUANTIZING_WHERE = _dequantizing_where(_QLINEAR_WHERE) if _QLINEAR_WHERE else None
+
+
+def _registry_swaps() -> list[tuple[dict[str, Any], str, Any, Any]]:
+    """(table, key, inc's entry, onnxruntime's) swapped in onnxruntime's operator registry
+    while inc's quantizers run, as ``_patches`` swaps functions."""
+    table = ort_registry.QLinearOpsRegistry
+    if _DEQUANTIZING_WHERE is None or table.get("Where") is not _QLINEAR_WHERE:
+        return []  # a release without it, or someone else's entry: left alone
+    return [(table, "Where", _DEQUANTIZING_WHERE, _QLINEAR_WHERE)]
+
+
+_SWAPPED: list[tuple[dict[str, Any], str, Any, Any]] = []
 _PATCHED: list[tuple[Any, str, Any, Any]] = []
 _PATCH_USERS = 0
 _PATCH_LOCK = threading.Lock()
@@ -727,13 +763,18 @@ def _vectorized_weights() -> Iterator[None]:
     store, while inc's quantizers run: the parent calls the modules' functions, which no method
     can override. Results are identical and other tensors are read as before, so another
     quantization running meanwhile is not affected; the functions stay replaced until the last
-    of inc's quantizers running at once is done (a model over 2 GB needs them to be read)."""
+    of inc's quantizers running at once is done (a model over 2 GB needs them to be read).
+    onnxruntime's QLinearWhere is swapped for one that dequantizes the inputs of a Where it
+    leaves fp32 (``_dequantizing_where``) in the same way."""
     global _PATCH_USERS
     with _PATCH_LOCK:
         if not _PATCH_USERS:
             _PATCHED[:] = _patches()
             for module, name, replacement, _ in _PATCHED:
                 setattr(module, name, replacement)
+            _SWAPPED[:] = _registry_swaps()
+            for table, key, replacement, _ in _SWAPPED:
+                table[key] = replacement
         _PATCH_USERS += 1
     try:
         yield
@@ -744,6 +785,9 @@ def _vectorized_weights() -> Iterator[None]:
                 for module, name, _, original in _PATCHED:
                     setattr(module, name, original)
                 _PATCHED.clear()
+                for table, key, _, original in _SWAPPED:
+                    table[key] = original
+                _SWAPPED.clear()
 
 
 def _renamed(values: dict[str, Any], params: Any) -> dict[str, Any]:
