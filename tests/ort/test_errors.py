@@ -358,3 +358,41 @@ def test_a_classical_ml_model_without_standard_ops_says_there_is_nothing_to_quan
     assert "LinearClassifier" in message and "nothing to quantize" in message
     assert "convert_version" not in message  # converting its opset cannot help
     assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == before
+
+
+def _conv_model(elem: int, np_dtype: type, extra: list[onnx.TensorProto] | None = None):
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np_dtype), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["y"], name="relu")],
+        "conv", [helper.make_tensor_value_info("x", elem, ["b", 8, 16, 16])],
+        [helper.make_tensor_value_info("y", elem, ["b", 16, 16, 16])], [w, *(extra or [])],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_float16_model_is_a_model_error_naming_its_half_tensors(tmp_path):
+    """tf2onnx/onnxconverter fp16 exports (slovorez): onnxruntime's quantizer casts the fp16
+    weights at run time and finds no Conv to quantize; inc says the model is float16 instead
+    of 'no op that onnxruntime can quantize ... Conv'."""
+    path = tmp_path / "half.onnx"
+    onnx.save(_conv_model(TensorProto.FLOAT16, np.float16), str(path))
+    before = path.read_bytes()
+    calib = [{"x": np.ones((2, 8, 16, 16), np.float16)}]
+    with pytest.raises(ModelError) as info:
+        quantization.fit(str(path), STATIC, calib_dataloader=calib)
+    message = str(info.value)
+    assert "half.onnx computes in float16" in message
+    assert "w (float16)" in message and "input x (float16)" in message
+    assert "inc quantizes float32 models" in message and "float32" in message
+    assert path.read_bytes() == before
+
+
+def test_a_float32_model_with_a_small_half_constant_is_accepted():
+    """A float32 model holding a few half constants (a mixed-precision export) still loads:
+    the check goes by where most float weights are."""
+    from inc_ort import model_io
+
+    small = onnx.numpy_helper.from_array(np.ones(4, np.float16), "half_constant")
+    model_io.check_float32(_conv_model(TensorProto.FLOAT, np.float32, [small]))

@@ -165,11 +165,50 @@ def check_not_quantized(model: onnx.ModelProto, where: str = "the model") -> Non
     )
 
 
+#: float types inc does not quantize from: onnxruntime's quantizer casts such weights to float32
+#: at run time (InsertedPrecisionFreeCast), so it finds no constant weight to quantize
+HALF_TYPES = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+
+
+def check_float32(model: onnx.ModelProto, where: str = "the model") -> None:
+    """A ``ModelError`` when the model computes in float16 or bfloat16: most of its float
+    weights are half (or, with no float weights, its float inputs are), naming a few."""
+    half: dict[str, tuple[str, int]] = {}
+    single = 0
+    for tensor in model.graph.initializer:
+        size = int(np.prod(tensor.dims)) if tensor.dims else 1
+        if tensor.data_type in HALF_TYPES:
+            half[tensor.name] = (HALF_TYPES[tensor.data_type], size)
+        elif tensor.data_type == onnx.TensorProto.FLOAT:
+            single += size
+    inputs = {
+        i.name: HALF_TYPES.get(i.type.tensor_type.elem_type, "float32")
+        for i in model.graph.input
+        if i.name not in half
+        and i.type.tensor_type.elem_type in (*HALF_TYPES, onnx.TensorProto.FLOAT)
+    }
+    weights = sum(size for _, size in half.values())
+    half_inputs = [name for name, kind in inputs.items() if kind != "float32"]
+    only_half_inputs = bool(half_inputs) and len(half_inputs) == len(inputs)
+    if weights <= single and not (weights == single == 0 and only_half_inputs):
+        return  # mostly float32 weights (a few half constants), or no float weights and inputs
+    named = [f"{n} ({t})" for n, (t, _) in sorted(half.items(), key=lambda kv: -kv[1][1])[:3]]
+    named += [f"input {n} ({inputs[n]})" for n in half_inputs[:2]]
+    kind = next(iter(half.values()))[0] if half else inputs[half_inputs[0]]
+    raise ModelError(
+        f"{where} computes in {kind} ({', '.join(named)}): inc quantizes float32 models. "
+        "Export it in float32 (the framework model before its float16 conversion, e.g. "
+        "tf2onnx or torch.onnx.export without .half()); onnxconverter_common's float16 module "
+        "converts float32 to float16 (convert_float_to_float16), not back"
+    )
+
+
 def check(model: onnx.ModelProto, where: str = "the model") -> None:
-    """Validate the user's input model: a loadable opset, not already int8, and the ONNX
-    checker (through a file when the proto is too big to serialize)."""
+    """Validate the user's input model: a loadable opset, not already int8, float32, and the
+    ONNX checker (through a file when the proto is too big to serialize)."""
     check_opset(model, where)
     check_not_quantized(model, where)
+    check_float32(model, where)
     try:
         if detached(model):
             _check_detached(model)
