@@ -396,3 +396,43 @@ def test_a_float32_model_with_a_small_half_constant_is_accepted():
 
     small = onnx.numpy_helper.from_array(np.ones(4, np.float16), "half_constant")
     model_io.check_float32(_conv_model(TensorProto.FLOAT, np.float32, [small]))
+
+
+def _loop_model() -> onnx.ModelProto:
+    """y = x @ w applied 3 times in a Loop (tf2onnx's LSTM shape: chars2vec): the MatMul is
+    only in the Loop's body, the main graph holds no op inc lists."""
+    w = onnx.numpy_helper.from_array(np.eye(8, dtype=np.float32) * 0.5, "w")
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h_in", "w"], ["h_out"], name="body_matmul"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond")],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["b", 8])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["b", 8])],
+    )  # fmt: skip
+    inits = [
+        w,
+        onnx.numpy_helper.from_array(np.array(3, np.int64), "trips"),
+        onnx.numpy_helper.from_array(np.array(True), "cond"),
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "cond", "x"], ["y"], name="rnn_loop", body=body)],
+        "looped", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8])], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_ops_only_inside_a_loop_body_say_so():
+    model = _loop_model()
+    before = model.SerializeToString()
+    calib = [{"x": np.ones((2, 8), np.float32)}]
+    ort.InferenceSession(before, providers=["CPUExecutionProvider"]).run(None, calib[0])
+    with pytest.raises(ModelError) as info:
+        quantization.fit(model, STATIC, calib_dataloader=calib)
+    message = str(info.value)
+    assert "1 MatMul inside Loop 'rnn_loop'" in message
+    assert "inc quantizes ops of the main graph" in message
+    assert model.SerializeToString() == before

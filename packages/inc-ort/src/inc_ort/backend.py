@@ -187,7 +187,10 @@ class OrtBackend(Backend):
     def ops(self, model: onnx.ModelProto) -> list[OpInfo]:
         if self.approach == "weight_only":
             return woq.ops(model)
-        return [OpInfo(node.name, node.op_type) for node in graph.listed_nodes(model)]
+        listed = graph.listed_nodes(model)
+        if not listed:  # why, where the ops are only inside Loop/If/Scan bodies
+            graph.check_ops_outside_bodies(model)
+        return [OpInfo(node.name, node.op_type) for node in listed]
 
     def capability(self, approach: str, device: str) -> dict[str, OpCapability]:
         if approach == "weight_only":

@@ -189,6 +189,40 @@ def is_listed(
     return True
 
 
+def check_ops_outside_bodies(model: onnx.ModelProto) -> None:
+    """A ``ModelError`` for a model whose weighted ops all sit inside Loop/If/Scan bodies
+    (tf2onnx's LSTMs: chars2vec's MatMuls are all in a Loop): onnxruntime's quantizer, and so
+    inc, quantizes the main graph's ops only, and 'no op that onnxruntime can quantize' alone misleads.
+    Call it when the main graph lists none."""
+    found: dict[tuple[str, str], dict[str, int]] = {}
+
+    def walk(nodes: Iterable[onnx.NodeProto], owner: tuple[str, str] | None) -> None:
+        for node in nodes:
+            if owner is not None and node.op_type in WEIGHTED_OPS:
+                counts = found.setdefault(owner, {})
+                counts[node.op_type] = counts.get(node.op_type, 0) + 1
+            for attr in node.attribute:
+                bodies = [attr.g] if attr.HasField("g") else list(attr.graphs)
+                for body in bodies:  # ops of nested bodies count for the outermost one
+                    walk(body.node, owner or (node.op_type, node.name or node.output[0]))
+
+    walk(model.graph.node, None)
+    if not found:
+        return
+    where = "; ".join(
+        ", ".join(f"{n} {op}" for op, n in sorted(counts.items())) + f" inside {kind} '{name}'"
+        for (kind, name), counts in list(found.items())[:4]
+    )
+    more = f" (and {len(found) - 4} more control-flow ops)" if len(found) > 4 else ""
+    raise ModelError(
+        f"the model's Conv/MatMul/Gemm ops are all inside control-flow bodies: {where}{more}. "
+        "inc quantizes ops of the main graph (as onnxruntime's quantizer does); ops inside "
+        "Loop, If and Scan bodies are not quantized, so there is nothing to quantize. Export "
+        "the model with those ops in the main graph (a recurrent layer unrolled over a fixed "
+        "sequence length) to quantize them"
+    )
+
+
 def listed_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The ops users tune (``ops()``), in graph order: listed types, with the elementwise ones
     only inside an int8 region."""
