@@ -7,6 +7,7 @@ embeddings stay fp32. Calibration (GPTQ, AWQ) uses 64 sentences, the cosine 300 
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -142,12 +143,23 @@ def _fitted_row(
     if not fitted.ok:
         return {"variant": name, "cosine": fitted.cell(), "size": "-", "quant_s": "-"}
     return _row(
-        name,
+        f"{name} ({_levels(fitted.model)})",
         cosine(_embed(fitted.model, evaluation), ref),
         fitted.model.ByteSize(),
         fp32_size,
         fitted.seconds,
     )
+
+
+def _levels(model: onnx.ModelProto) -> str:
+    """The accuracy_level inc measured per MatMulNBits (0: fp32 A, 4: int8 A): a level changes
+    the output, so equal weights compare only at equal levels."""
+    levels = Counter(
+        next((helper.get_attribute_value(a) for a in n.attribute if a.name == "accuracy_level"), 0)
+        for n in model.graph.node
+        if n.op_type == "MatMulNBits"
+    )
+    return ", ".join(f"accuracy_level={lv} x{c}" for lv, c in sorted(levels.items()))
 
 
 def _row(name: str, cos: float, size: int, fp32_size: int, secs: float | None) -> dict[str, Any]:
