@@ -11,6 +11,7 @@ import pytest
 from inc_core import PostTrainingQuantConfig, quantization
 from inc_core import backend as registry
 from inc_core.data import (
+    HELD_OUT_MIN_SAMPLES,
     batch_size,
     drop_samples,
     labelled_batches,
@@ -253,3 +254,15 @@ def test_one_dict_of_inputs_is_a_batch_not_a_loader():
     feeds = {"image": np.ones((2, 3)), "mask": np.ones((2, 3))}
     with pytest.raises(DataError, match=r"single dict of inputs \('image', 'mask'\).*\[feeds\]"):
         list(model_inputs(feeds))
+
+
+def test_single_sample_batches_hold_back_enough_samples_to_compare_on():
+    ones = [np.full((1, 2), i, np.float32) for i in range(12)]
+    data = split_calibration(ones, 100)
+    # a tenth of 12 batches is one sample; up to a quarter (3) are held back to reach 8
+    assert (len(data.calib), len(data.held_out)) == (9, 3)
+    assert [b[0, 0] for b in data.held_out] == [9.0, 10.0, 11.0]
+    many = split_calibration([np.ones((1, 2), np.float32)] * 80, 100)
+    assert len(many.held_out) == HELD_OUT_MIN_SAMPLES  # a tenth (8) already holds 8 samples
+    eights = split_calibration([np.ones((8, 2), np.float32)] * 4, 100)
+    assert len(eights.held_out) == 1  # one batch of 8 is enough

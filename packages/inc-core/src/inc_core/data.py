@@ -302,6 +302,10 @@ def model_inputs(
 # few enough batches that comparing outputs stays cheap next to calibration.
 HELD_OUT_SAMPLES = 16
 HELD_OUT_BATCHES = 4
+#: held back from the calibration batches themselves: a tenth of them, more (up to a quarter)
+#: while they hold fewer than this many samples (ten single-sample batches held back one, so
+#: an argmax agreement was 0 or 1)
+HELD_OUT_MIN_SAMPLES = 8
 
 
 @dataclass
@@ -374,9 +378,22 @@ def split_calibration(
     if held:
         return CalibrationData(calib, held, "beyond calibration", note)
     if len(calib) >= 2:
-        count = min(HELD_OUT_BATCHES, max(1, len(calib) // 10))
+        count = _held_back(calib)
         return CalibrationData(calib[:-count], calib[-count:], "last calibration batches", note)
     return CalibrationData(calib, list(calib), "calibration batch reused", note)
+
+
+def _held_back(calib: list[Any]) -> int:
+    """How many of the last calibration batches the fidelity guard holds back: a tenth of them
+    (at least one, at most ``HELD_OUT_BATCHES``), or more while they hold fewer than
+    ``HELD_OUT_MIN_SAMPLES`` samples, up to a quarter of the batches."""
+    count = min(HELD_OUT_BATCHES, max(1, len(calib) // 10))
+    most = max(count, len(calib) // 4)
+    samples = sum(batch_size(b) for b in calib[-count:])
+    while count < most and samples < HELD_OUT_MIN_SAMPLES:
+        count += 1
+        samples += batch_size(calib[-count])
+    return count
 
 
 def labelled_batches(
