@@ -21,9 +21,10 @@ a graph input, which a user could override) are replaced; every other node is le
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -198,18 +199,33 @@ def quantize_model(
     new_inits: list[onnx.TensorProto] = []
     scales: list[tuple[list[onnx.NodeProto], np.ndarray]] = []
     built: dict[tuple[str, WeightOnlyScheme], list[str]] = {}
-    for group in _groups(plan):
+    groups = _groups(plan)
+    # a weight is quantized by the first group (model order) reading it with its setting
+    owner: dict[tuple[str, WeightOnlyScheme], int] = {}
+    for index, group in enumerate(groups):
+        for node, scheme, _ in group:
+            owner.setdefault((node.input[1], scheme), index)
+    inits_of: list[list[onnx.TensorProto]] = [[] for _ in groups]
+    scale_of: dict[int, tuple[list[onnx.NodeProto], np.ndarray]] = {}
+    for index in _stats_order(groups):
+        group = groups[index]
         scheme, block = group[0][1], group[0][2]
-        todo = [n for n, _, _ in group if (n.input[1], scheme) not in built]
+        todo = [n for n, _, _ in group if owner[(n.input[1], scheme)] == index]
         if todo:
             arrays = [_array(weights[n.input[1]]) for n in todo]
             results = quantize_weights(arrays, scheme, recipes, stats.get(node_name(todo[0])))
             for node, result in zip(todo, results, strict=True):
                 built[(node.input[1], scheme)] = _packed(
-                    node, scheme, block, result.weight, new_inits
+                    node, scheme, block, result.weight, inits_of[index]
                 )
             if results[0].input_scale is not None:
-                scales.append((todo, results[0].input_scale))
+                scale_of[index] = (todo, results[0].input_scale)
+    # the graph is written in model order whatever order the weights were quantized in
+    for index, group in enumerate(groups):
+        scheme, block = group[0][1], group[0][2]
+        new_inits += inits_of[index]
+        if index in scale_of:
+            scales.append(scale_of[index])
         for node, _, _ in group:
             b_name = node.input[1]
             k, n = (int(d) for d in weights[b_name].dims)
@@ -265,6 +281,22 @@ def _groups(
         key = (node.input[0], scheme, block) if scheme.algorithm in CALIBRATED else index
         groups.setdefault(key, []).append(item)
     return list(groups.values())
+
+
+def _stats_order(groups: list[list[tuple[onnx.NodeProto, WeightOnlyScheme, int]]]) -> list[int]:
+    """The groups' indices in the order to quantize them: GPTQ/AWQ groups by the first
+    GPTQ/AWQ group reading their input, the order ``calibrate`` chunks the inputs in, so a
+    ``ChunkedStats`` computes each chunk once even when one input has several settings
+    (``_groups``); RTN groups, which read no statistics, where they are."""
+    first: dict[str, int] = {}
+    keys: list[tuple[int, int]] = []
+    for index, group in enumerate(groups):
+        node, scheme, _ = group[0]
+        if scheme.algorithm in CALIBRATED:
+            keys.append((first.setdefault(node.input[0], index), index))
+        else:
+            keys.append((index, index))
+    return sorted(range(len(groups)), key=keys.__getitem__)
 
 
 def _packed(
@@ -359,21 +391,137 @@ def ops(model: onnx.ModelProto) -> list[OpInfo]:
     return [OpInfo(node_name(n), "MatMul") for n in candidates(model)]
 
 
+#: memory the GPTQ/AWQ input statistics computed in one calibration pass may hold (Hessians
+#: float64 K x K, AWQ's sample rows; ``stats.stats_bytes``): ``calibrate`` groups the distinct
+#: MatMul inputs in graph order into chunks within this budget (an input whose statistics alone
+#: exceed it is a chunk of its own) and computes one chunk at a time. A 1B-parameter LLM
+#: (hidden 2048, MLP 8192) holds ~0.6 GB of Hessians per decoder layer, ~10 GB in all.
+STATS_BUDGET_BYTES = 512 * 2**20
+
+
 def calibrate(model: onnx.ModelProto, dataloader: Iterable[Any], plan: QuantPlan) -> TensorRanges:
     """Per GPTQ/AWQ op of ``plan``, ``InputStats`` of its input (the MatMul's ``A``) over the
     calibration batches, from the fp32 graph with those tensors exposed. Ops that read one
-    tensor share one collection."""
-    from .calibrate import run_batches  # onnxruntime sessions: only when calibrating
+    tensor share one collection.
+
+    Returned as a ``ChunkedStats``: a read-only mapping holding every op as a key whose values
+    are computed a chunk of inputs at a time (``STATS_BUDGET_BYTES``), re-running the batches
+    for each chunk; reading the ops in graph order (``quantize_model`` does) computes each
+    chunk once. The first chunk is computed here, so bad data fails at calibration. A one-shot
+    iterator is listed first (the batches are run once per chunk)."""
+    from inc_core.weight_only.stats import stats_bytes
 
     needs = calibrated_ops(plan)
-    inputs = {node_name(n): n.input[0] for n in candidates(model) if node_name(n) in needs}
+    weights = _weights(model)
+    inputs: dict[str, str] = {}
     by_tensor: dict[str, set[str]] = {}
-    for op, tensor in inputs.items():
-        by_tensor.setdefault(tensor, set()).add(needs[op])
-    collector = InputStatsCollector({t: tuple(sorted(a)) for t, a in by_tensor.items()})
-    run_batches(model, dataloader, list(by_tensor), collector.add)
-    per_tensor = collector.result()
-    return {op: per_tensor[tensor] for op, tensor in inputs.items()}
+    sizes: dict[str, int] = {}
+    for node in candidates(model):
+        name = node_name(node)
+        if name not in needs:
+            continue
+        inputs[name] = node.input[0]
+        by_tensor.setdefault(node.input[0], set()).add(needs[name])
+        sizes[node.input[0]] = int(weights[node.input[1]].dims[0])  # K, the same for all readers
+    per_tensor = {t: tuple(sorted(a)) for t, a in by_tensor.items()}
+    sized = [(t, stats_bytes(sizes[t], per_tensor[t])) for t in per_tensor]
+    data = dataloader if isinstance(dataloader, Sequence) else list(dataloader)
+    stats = ChunkedStats(model, data, inputs, per_tensor, chunked(sized, STATS_BUDGET_BYTES))
+    stats.load(0)
+    # a read-only Mapping where the core's contract names a dict: the core and quantize_plan
+    # only read it (get, in, len, items), which a Mapping serves
+    return cast(TensorRanges, stats)
+
+
+def chunked(sized: list[tuple[str, int]], budget: int) -> list[list[str]]:
+    """``(name, bytes)`` in order, cut into consecutive chunks of at most ``budget`` bytes each
+    (an item larger alone is a chunk of its own)."""
+    chunks: list[list[str]] = []
+    total = 0
+    for name, size in sized:
+        if not chunks or total + size > budget:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(name)
+        total += size
+    return chunks
+
+
+class ChunkedStats(Mapping[str, Any]):
+    """op -> ``InputStats``, computed a chunk of input tensors at a time (``calibrate``).
+
+    Only one chunk's statistics are held: reading an op of another chunk drops the loaded one
+    first, then runs every calibration batch again exposing only that chunk's tensors. The
+    values are those of one pass over all tensors, bit for bit: the fp32 graph runs without
+    graph rewrites whatever it exposes, each tensor's collection sees the same batches in the
+    same order, and AWQ's row sample draws from a generator seeded per tensor. Keys, ``len``
+    and ``in`` compute nothing; ``items()``/``values()`` compute each chunk once in graph
+    order. Thread-safe (tuning may quantize from threads: slower then, as the chunks thrash);
+    pickled without the loaded chunk."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        data: Sequence[Any],
+        inputs: Mapping[str, str],
+        needs: Mapping[str, tuple[str, ...]],
+        chunks: list[list[str]],
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.inputs = dict(inputs)
+        self.needs = dict(needs)
+        self.chunks = chunks
+        #: calibration passes run so far (one per chunk computed)
+        self.passes = 0
+        self._chunk_of = {t: i for i, chunk in enumerate(chunks) for t in chunk}
+        self._index: int | None = None
+        self._loaded: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, op: str) -> Any:
+        tensor = self.inputs[op]  # KeyError for an op without statistics, as a dict's
+        with self._lock:
+            self.load(self._chunk_of[tensor])
+            return self._loaded[tensor]
+
+    def __contains__(self, op: object) -> bool:
+        return op in self.inputs
+
+    def __iter__(self) -> Iterator[str]:
+        ordered = sorted(self.inputs, key=lambda op: self._chunk_of[self.inputs[op]])
+        return iter(ordered)  # stable: graph order within a chunk
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def loaded(self) -> int | None:
+        """The index in ``chunks`` of the chunk held now (None: none)."""
+        return self._index
+
+    def load(self, index: int) -> None:
+        """Hold chunk ``index``'s statistics (computed unless held already)."""
+        if self._index == index or not self.chunks:
+            return
+        from .calibrate import run_batches  # onnxruntime sessions: only when calibrating
+
+        # let go of the held chunk before computing the next: two are never alive at once
+        self._loaded, self._index = {}, None
+        tensors = self.chunks[index]
+        collector = InputStatsCollector({t: self.needs[t] for t in tensors})
+        run_batches(self.model, self.data, tensors, collector.add)
+        self.passes += 1
+        self._loaded, self._index = collector.result(), index
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_loaded={}, _index=None, _lock=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
 
 def quantize_plan(

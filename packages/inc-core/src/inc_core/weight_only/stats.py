@@ -35,6 +35,18 @@ class InputStats(TensorRange):
     samples: int = 0
 
 
+def stats_bytes(k: int, algorithms: tuple[str, ...], max_rows: int = MAX_ROWS) -> int:
+    """Bytes the ``InputStats`` of one input of ``k`` channels hold for ``algorithms`` (GPTQ's
+    float64 ``(K, K)`` Hessian, AWQ's float32 ``(max_rows, K)`` sample rows, the float64
+    min/max), for backends that bound how many they collect at once."""
+    size = 2 * 8 * k
+    if "GPTQ" in algorithms:
+        size += 8 * k * k
+    if "AWQ" in algorithms:
+        size += 4 * max_rows * k
+    return size
+
+
 class InputStatsCollector:
     """Accumulates ``InputStats`` per op: ``needs`` maps op name -> algorithm(s) it reads for."""
 
