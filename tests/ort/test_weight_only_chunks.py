@@ -5,7 +5,9 @@ the calibration batches per chunk, and the models built are those of one pass, b
 from __future__ import annotations
 
 import gc
+import pickle
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -164,3 +166,17 @@ def test_minilm_gptq_chunked_is_the_one_pass_model(
     assert chunked.model.SerializeToString() == one_pass.model.SerializeToString()
     stats = woq.calibrate(minilm, calib, chunked.plan)
     assert len(stats.chunks) == 24
+
+
+def test_pickled_and_shared_between_threads(small: dict[str, Any], tiny: None) -> None:
+    """Tuning may pickle the statistics into a job for another process (without the loaded
+    chunk) or quantize from threads at once (the chunks then alternate, the bytes do not)."""
+    plan = quantization.fit(small["model"], conf("AWQ"), calib_dataloader=small["calib"]).plan
+    stats = woq.calibrate(small["model"], small["calib"], plan)
+    expected = woq.quantize_plan(small["model"], plan, stats)[0].SerializeToString()
+    copy = pickle.loads(pickle.dumps(stats))
+    assert copy.loaded is None and copy.chunks == stats.chunks
+    assert woq.quantize_plan(small["model"], plan, copy)[0].SerializeToString() == expected
+    with ThreadPoolExecutor(3) as pool:
+        jobs = [pool.submit(woq.quantize_plan, small["model"], plan, stats) for _ in range(3)]
+        assert all(j.result()[0].SerializeToString() == expected for j in jobs)
