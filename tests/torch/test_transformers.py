@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import transformers
 from torch.ao.quantization import FakeQuantizeBase
 
 from inc_core import PostTrainingQuantConfig, QuantizationAwareTrainingConfig, load, quantization
+from inc_core.errors import GuardWarning
 from inc_core.quantization import prepare_session
 from inc_torch import smooth_quant
 from inc_torch.info import info_of
@@ -86,9 +88,40 @@ def test_hf_trainer_callback_trains_fake_quantized_and_yields_int8(bert, digits,
     assert "save_pretrained" not in vars(model)
 
 
+# The mechanism tests below run with guards=False: on a 2-core CPU this tiny BERT's int8 runs
+# about 1.4x the time of fp32, so the default speed guard hands back its fp32 build (tested next).
+
+
+def test_the_speed_guard_hands_back_fp32_when_int8_bert_is_slower(bert, bert_calib, tmp_path):
+    ids = bert_calib[0]["input_ids"]
+    with torch.no_grad():
+        want = bert(input_ids=ids).logits
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GuardWarning)
+        q = quantization.fit(
+            bert, PostTrainingQuantConfig(approach="static"), calib_dataloader=bert_calib
+        )
+    said = [str(w.message) for w in caught if issubclass(w.category, GuardWarning)]
+    speed = q.report["speed"]
+    if speed.get("returned") != "all ops fp32":  # int8 measured as fast on this machine
+        assert q.plan.quantized_ops()
+        assert not any("the returned model has no int8 op" in m for m in said)
+        return
+    assert q.plan.quantized_ops() == [] and speed["best_int8_ratio"] > 1.0
+    assert any("the returned model has no int8 op" in m for m in said)
+    with torch.no_grad():
+        assert torch.equal(q.model(input_ids=ids).logits, want)
+        assert torch.equal(bert(input_ids=ids).logits, want)  # the user's model untouched
+    q.save(tmp_path / "q")
+    loaded = load(tmp_path / "q", model=copy.deepcopy(bert))
+    assert loaded.plan.quantized_ops() == []
+    with torch.no_grad():
+        assert torch.equal(loaded.model(input_ids=ids).logits, want)
+
+
 def test_static_ptq_on_bert_uses_eager_mode(bert, digits, bert_calib):
     q = quantization.fit(
-        bert, PostTrainingQuantConfig(approach="static"), calib_dataloader=bert_calib
+        bert, PostTrainingQuantConfig(approach="static", guards=False), calib_dataloader=bert_calib
     )
     assert info_of(q.model).mode == "eager"  # HF models are not symbolically traceable by torch.fx
     assert models.bert_accuracy(q.model, digits) >= models.bert_accuracy(bert, digits) * 0.99
@@ -101,7 +134,7 @@ def test_smooth_quant_keeps_accuracy_and_saves_its_scales(
     recipes = {"smooth_quant": True, "smooth_quant_args": {"alpha": alpha}}
     q = quantization.fit(
         bert,
-        PostTrainingQuantConfig(approach="static", recipes=recipes),
+        PostTrainingQuantConfig(approach="static", recipes=recipes, guards=False),
         calib_dataloader=bert_calib,
     )
     smooth = info_of(q.model).smooth
@@ -133,7 +166,7 @@ def test_smooth_quant_is_exact_before_quantization(bert, bert_calib):
 def test_ipex_backend_uses_onednn_and_the_ipex_scheme(bert, digits, bert_calib):
     from inc_core import scheme
 
-    conf = PostTrainingQuantConfig(approach="static", backend="ipex")
+    conf = PostTrainingQuantConfig(approach="static", backend="ipex", guards=False)
     q = quantization.fit(bert, conf, calib_dataloader=bert_calib)
     info = info_of(q.model)
     assert info.plan.backend == "ipex"
