@@ -15,7 +15,7 @@ from inc_core import PostTrainingQuantConfig, quantization
 from inc_core.errors import BackendNotAvailable, ConfigError, DataError, ModelError
 from tests.bad_input import listing
 
-STATIC = PostTrainingQuantConfig(approach="static")
+STATIC = PostTrainingQuantConfig(approach="static", guards=False)
 
 
 def test_corrupt_onnx_file_is_a_model_error(tmp_path, calib):

@@ -86,7 +86,7 @@ def test_a_conv_writing_a_graph_output_still_runs_as_qlinearconv(resnet, batches
         )
     )
     q = quantization.fit(
-        model, PostTrainingQuantConfig(approach="static"), calib_dataloader=batches
+        model, PostTrainingQuantConfig(approach="static", guards=False), calib_dataloader=batches
     )
     runs = registry.by_name("onnxrt").runs_as(q.model)
     assert runs["layer0.0.conv2"] == "QLinearConv"
@@ -105,7 +105,7 @@ def test_runs_as_shows_the_ops_a_rule_keeps_in_fp32(resnet, batches):
 @pytest.mark.parametrize("quant_format", ["QDQ", "QOperator"])
 def test_op_outputs_of_fp32_and_int8_models_line_up(resnet, batches, quant_format):
     backend = registry.by_name("onnxrt")
-    conf = PostTrainingQuantConfig(approach="static", quant_format=quant_format)
+    conf = PostTrainingQuantConfig(approach="static", quant_format=quant_format, guards=False)
     q = quantization.fit(resnet, conf, calib_dataloader=batches)
     fp32_model = backend.load_model(resnet, conf)
     ops = q.plan.quantized_ops()

@@ -110,7 +110,7 @@ def test_per_tensor_weights_by_op_type_rule(cnn, calib, digits, fp32_top1):
 def test_qoperator_format_writes_qlinear_ops(cnn, calib, digits, fp32_top1):
     q = quantization.fit(
         cnn,
-        PostTrainingQuantConfig(approach="static", quant_format="QOperator"),
+        PostTrainingQuantConfig(approach="static", quant_format="QOperator", guards=False),
         calib_dataloader=calib,
     )
     counts = op_counts(q.model)
@@ -343,6 +343,7 @@ def test_fused_nodes_keep_the_users_node_names(digits):
     conf = PostTrainingQuantConfig(
         approach="static",
         op_name_dict={"fc0": {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": ["fp32"]}}},
+        guards=False,
     )
     q = quantization.fit(model, conf, calib_dataloader=loader)
     assert set(q.plan.ops) == {"fc0", "fc1"}

@@ -128,7 +128,7 @@ def test_op_type_dict_generic_conv_keeps_convolutions_fp32(cnn, digits, calib, c
     fp32 = {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": ["fp32"]}}
     q = quantization.fit(
         cnn,
-        PostTrainingQuantConfig(approach="static", op_type_dict={"Conv": fp32}),
+        PostTrainingQuantConfig(approach="static", op_type_dict={"Conv": fp32}, guards=False),
         calib_dataloader=calib,
     )
     assert q.plan.float_ops() == ["conv1", "conv2"]
@@ -141,11 +141,11 @@ def test_op_type_dict_generic_conv_keeps_convolutions_fp32(cnn, digits, calib, c
 
 def test_op_name_dict_regex_and_matmul_alias(cnn, calib):
     fp32 = {"activation": {"dtype": ["fp32"]}, "weight": {"dtype": ["fp32"]}}
-    conf = PostTrainingQuantConfig(approach="static", op_name_dict={"fc.*": fp32})
+    conf = PostTrainingQuantConfig(approach="static", op_name_dict={"fc.*": fp32}, guards=False)
     q = quantization.fit(cnn, conf, calib_dataloader=calib)
     assert q.plan.float_ops() == ["fc1", "fc2"]
     assert type(q.model.fc2) is nn.Linear
-    conf = PostTrainingQuantConfig(approach="static", op_type_dict={"MatMul": fp32})
+    conf = PostTrainingQuantConfig(approach="static", op_type_dict={"MatMul": fp32}, guards=False)
     assert quantization.fit(cnn, conf, calib_dataloader=calib).plan.float_ops() == ["fc1", "fc2"]
 
 
@@ -215,9 +215,9 @@ def test_dynamic_linear_runs_large_products_on_a_onednn_packing_of_the_same_weig
 
 
 def test_auto_is_static_with_calibration_data_and_dynamic_without(cnn, calib):
-    with_data = quantization.fit(cnn, PostTrainingQuantConfig(), calib_dataloader=calib)
+    with_data = quantization.fit(cnn, PostTrainingQuantConfig(guards=False), calib_dataloader=calib)
     assert {op.approach for op in with_data.plan.ops.values()} == {"static"}
-    without = quantization.fit(cnn, PostTrainingQuantConfig())
+    without = quantization.fit(cnn, PostTrainingQuantConfig(guards=False))
     assert {without.plan.ops[n].approach for n in ("fc1", "fc2")} == {"dynamic"}
     assert without.plan.float_ops() == ["conv1", "conv2"]
 
