@@ -156,7 +156,7 @@ def test_an_nn_flatten_between_int8_ops_stays_int8(digits):
     )
     models.train(model, digits, epochs=3)
     q = quantization.fit(
-        model, PostTrainingQuantConfig(approach="static"), calib_dataloader=digits.batches()[:2]
+        model, PostTrainingQuantConfig(approach="static", guards=False), calib_dataloader=digits.batches()[:2]
     )
     calls = [n.target for n in q.model.graph.nodes if n.op in ("call_method", "call_function")]
     # one quantize at the input, one dequantize at the output: nothing around the flatten
@@ -183,7 +183,7 @@ def test_dynamic_linear_runs_large_products_on_a_onednn_packing_of_the_same_weig
 
     def fit() -> nn.Module:
         model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10)).eval()
-        conf = PostTrainingQuantConfig(approach="dynamic", reduce_range=False)
+        conf = PostTrainingQuantConfig(approach="dynamic", reduce_range=False, guards=False)
         return quantization.fit(model, conf).model
 
     def close(a: torch.Tensor, b: torch.Tensor) -> None:  # the same int8 product, float rounding
