@@ -83,14 +83,7 @@ def int8_kernels(content: bytes) -> str:
 
 def bench(name: str, rounds: int, n_calib: int = 4, n_eval: int = 4) -> dict[str, Any]:
     model: KerasCorpusModel = MODELS[name]
-    row: dict[str, Any] = {
-        "model": name,
-        "package": model.package,
-        "exporter": model.exporter,
-        "task": model.task,
-        "metric": model.metric,
-        "batch": model.batch,
-    }
+    row = measure.corpus_row(name, model)
     fp32 = model.load()
     calib = model.batches("calib", n_calib, rich=True)
     evaluation = model.batches("eval", n_eval, rich=True)
@@ -105,14 +98,9 @@ def bench(name: str, rounds: int, n_calib: int = 4, n_eval: int = 4) -> dict[str
         variants["inc"] = TfLiteModel(
             native.content, native.spec, native.input_names, num_threads=THREADS
         )
-        row.update(
-            inc_s=secs,
-            inc_mb=mem,
-            inc_speed=q.report.get("speed"),
-            inc_fallback=q.report.get("fallback"),
-            inc_guard_s=q.report.get("guard_seconds"),
-            inc_diagnosis_s=q.report.get("diagnosis_seconds"),
-            inc_ops=f"{len(q.plan.quantized_ops())} ops int8; kernels: {int8_kernels(native.content)}",
+        row.update(measure.inc_columns(q, secs, mem))
+        row["inc_ops"] = (
+            f"{len(q.plan.quantized_ops())} ops int8; kernels: {int8_kernels(native.content)}"
         )
     except Exception as exc:
         row["inc_error"] = failure(exc)

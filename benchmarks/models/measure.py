@@ -60,3 +60,27 @@ def interleaved(
                 run()
             samples[name].append((time.perf_counter() - start) / inner[name])
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def corpus_row(name: str, model: Any) -> dict[str, Any]:
+    """The table columns every runner's row starts with, from a corpus entry."""
+    return {
+        "model": name,
+        "package": model.package,
+        "exporter": model.exporter,
+        "task": model.task,
+        "metric": model.metric,
+        "batch": model.batch,
+    }
+
+
+def inc_columns(q: Any, secs: float, mem: float) -> dict[str, Any]:
+    """inc's quantization time and memory, and what its guards reported, for a runner's row."""
+    return {
+        "inc_s": secs,
+        "inc_mb": mem,
+        "inc_speed": q.report.get("speed"),
+        "inc_fallback": q.report.get("fallback"),
+        "inc_guard_s": q.report.get("guard_seconds"),
+        "inc_diagnosis_s": q.report.get("diagnosis_seconds"),
+    }

@@ -62,14 +62,7 @@ def failure(exc: BaseException) -> str:
 
 
 def bench(model: CorpusModel, rounds: int, n_calib: int, n_eval: int) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "model": model.name,
-        "package": model.package,
-        "exporter": model.exporter,
-        "task": model.task,
-        "metric": model.metric,
-        "batch": model.batch,
-    }
+    row = measure.corpus_row(model.name, model)
     calib = model.batches("calib", n_calib, rich=True)
     evaluation = model.batches("eval", n_eval, rich=True)
     path = model.path()
@@ -89,14 +82,7 @@ def bench(model: CorpusModel, rounds: int, n_calib: int, n_eval: int) -> dict[st
                 )
                 q, secs, mem = measure.measured(lambda: inc_default(converted, calib))
             sessions["inc"] = session(q.model.SerializeToString())
-            row.update(
-                inc_s=secs,
-                inc_mb=mem,
-                inc_speed=q.report.get("speed"),
-                inc_fallback=q.report.get("fallback"),
-                inc_guard_s=q.report.get("guard_seconds"),
-                inc_diagnosis_s=q.report.get("diagnosis_seconds"),
-            )
+            row.update(measure.inc_columns(q, secs, mem))
             row["inc_ops"] = _plan_summary(q)
         except Exception as exc:
             row["inc_error"] = failure(exc)

@@ -30,14 +30,7 @@ def peer(module: torch.nn.Module, calib: list[torch.Tensor]) -> torch.nn.Module:
 def bench(name: str, rounds: int, n_calib: int = 4, n_eval: int = 4) -> dict[str, Any]:
     torch.set_num_threads(THREADS)
     model: TorchCorpusModel = MODELS[name]
-    row: dict[str, Any] = {
-        "model": name,
-        "package": model.package,
-        "exporter": model.exporter,
-        "task": model.task,
-        "metric": model.metric,
-        "batch": model.batch,
-    }
+    row = measure.corpus_row(name, model)
     fp32 = model.module()
     calib, evaluation = (
         model.batches("calib", n_calib, rich=True),
@@ -51,14 +44,7 @@ def bench(name: str, rounds: int, n_calib: int = 4, n_eval: int = 4) -> dict[str
             )
         )
         variants["inc"] = q.model
-        row.update(
-            inc_s=secs,
-            inc_mb=mem,
-            inc_speed=q.report.get("speed"),
-            inc_fallback=q.report.get("fallback"),
-            inc_guard_s=q.report.get("guard_seconds"),
-            inc_diagnosis_s=q.report.get("diagnosis_seconds"),
-        )
+        row.update(measure.inc_columns(q, secs, mem))
     except Exception as exc:
         row["inc_error"] = failure(exc)
         traceback.print_exc()
