@@ -112,10 +112,7 @@ def _float_weight_readers(
     quantized, a Gemm/MatMul whose activation input is not dequantized."""
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = graphs.consumers_of(model)
     inits = {i.name for i in graph.initializer}
     found = []
     for node in graph.node:
@@ -280,10 +277,7 @@ def int8_gates(model: onnx.ModelProto) -> list[str]:
     """
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = graphs.consumers_of(model)
     inits = {i.name: i for i in graph.initializer}
     outputs = {o.name for o in graph.output}
     changed: list[str] = []
@@ -484,10 +478,7 @@ def float_pools(
             found.append((node, dq, channels))
     # asking onnxruntime costs 0.2-0.35 s a build (it optimizes the whole model): only for pools
     # that are not plainly between int8 convs, where it always runs its fast NhwcMaxPool
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = graphs.consumers_of(model)
     asked = {
         node.name
         for node, dq, _ in found

@@ -232,16 +232,22 @@ def listed_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in candidates if n.op_type not in ELEMENTWISE_OPS or n.name in region]
 
 
+def consumers_of(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes of the main graph that read it, in graph order."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
 def int8_region(model: onnx.ModelProto, candidates: Sequence[onnx.NodeProto]) -> set[str]:
     """Names of the elementwise candidates whose output feeds an int8 op, and for Add/Mul whose
     inputs all come from int8 ops too (looking through data-movement ops): a residual Add
     between convs, not one before a LayerNorm; a Concat feeding a conv, not one that is the
     model's output. The largest such set: elementwise ops count as int8 ops for each other."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_of(model)
     anchors = {n.name for n in candidates if n.op_type not in ELEMENTWISE_OPS}
     region = {n.name for n in candidates if n.op_type in ELEMENTWISE_OPS}
 

@@ -209,10 +209,7 @@ def exposed_outputs(
     the op's QuantizeLinear (so the number includes the output's rounding); a QOperator kernel's
     int8 output gets a DequantizeLinear added here from the kernel's own output scale.
     """
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = graph.consumers_of(model)
     produced = {o for n in model.graph.node for o in n.output}
     by_name = {n.name: n for n in model.graph.node}
 

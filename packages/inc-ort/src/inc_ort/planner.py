@@ -70,14 +70,6 @@ def split_nodes(model: onnx.ModelProto, plan: QuantPlan) -> Nodes:
     return Nodes(static, dynamic, excluded)
 
 
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            out.setdefault(name, []).append(node)
-    return out
-
-
 def activation_schemes(
     model: onnx.ModelProto, ops: Mapping[str, OpQuant]
 ) -> dict[str, TensorScheme]:
@@ -87,7 +79,7 @@ def activation_schemes(
     activation rule is about the op's input), looking through data-movement ops; a tensor no
     quantized op consumes (a graph output) takes its producer's.
     """
-    consumers = _consumers(model)
+    consumers = graph.consumers_of(model)
     producers = {o: n for n in model.graph.node for o in n.output}
     consts = graph.constants(model)
     memo: dict[str, TensorScheme | None] = {}
@@ -137,7 +129,7 @@ def float_outputs(model: onnx.ModelProto, ops: Mapping[str, OpQuant]) -> set[str
     ``DQ -> MatMul/Gemm`` with a float output (MatMulIntegerToFloat, QGemm). Only those: a Conv
     becomes QLinearConv only with a Q on its output.
     """
-    consumers = _consumers(model)
+    consumers = graph.consumers_of(model)
 
     def feeds_quantized(tensor: str, depth: int = 0) -> bool:
         for node in consumers.get(tensor, []):
@@ -171,7 +163,7 @@ def adjusted_ranges(model: onnx.ModelProto, ranges: TensorRanges) -> dict[str, t
     # inc's own entries (bias-correction means, SmoothQuant scales) are "inc.<kind>:<tensor>";
     # tensor names may hold ":" themselves (tf2onnx writes "input:0")
     plain = {k: (float(v.min), float(v.max)) for k, v in ranges.items() if not k.startswith("inc.")}
-    consumers = _consumers(model)
+    consumers = graph.consumers_of(model)
     for node in model.graph.node:
         if node.op_type in ("Relu", "Clip") and len(consumers.get(node.input[0], [])) == 1:
             if node.output[0] in plain and node.input[0] in plain:

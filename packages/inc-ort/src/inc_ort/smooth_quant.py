@@ -143,10 +143,7 @@ def apply(model: onnx.ModelProto, ranges: TensorRanges, folding: bool = True) ->
     out.CopyFrom(model)
     groups = _targets(out, ("MatMul", "Gemm"))
     inits = {i.name: i for i in out.graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in out.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = graph.consumers_of(out)
     producers = {o: n for n in out.graph.node for o in n.output}
     outputs = {o.name for o in out.graph.output}
     new_nodes: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []
