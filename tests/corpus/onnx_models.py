@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from tests import datasets
 from tests.corpus import data, fidelity
+from tests.corpus.wheel import SEEDS, WheelModel
 
 Feeds = dict[str, np.ndarray]
 Outputs = list[list[np.ndarray]]
@@ -22,28 +22,13 @@ Outputs = list[list[np.ndarray]]
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 HALF = np.full(3, 0.5, np.float32)  # PP-OCR rec/cls: (x / 255 - 0.5) / 0.5
-SEEDS = {"calib": 0, "eval": 1}
 
 
 @dataclass(frozen=True)
-class CorpusModel:
-    name: str
-    package: str  # the pip requirement that ships the file
-    module: str  # import name of the package folder
-    relpath: str  # path of the model inside that folder
-    exporter: str  # model.producer_name / version, or what the graph shows when that is empty
-    task: str
-    metric: str  # what fidelity() measures
-    batch: int
+class CorpusModel(WheelModel):
     make_batches: Callable[[int, int, int, bool], list[Feeds]] = field(repr=False)
     score: Callable[[Outputs, Outputs], float] = field(repr=False)
     needs: tuple[str, ...] = ()  # outside tools the data needs (benchmark only), e.g. espeak-ng
-
-    def path(self) -> Path:
-        return (
-            datasets.package_dir(self.module, f"pip install --no-deps {self.package}")
-            / self.relpath
-        )
 
     def batches(self, split: str, n: int, rich: bool = False) -> list[Feeds]:
         """``n`` batches of real inputs; ``rich`` adds scikit-image photos (benchmark env)."""

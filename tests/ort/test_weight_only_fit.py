@@ -227,7 +227,10 @@ def test_accuracy_level_is_the_measured_choice_and_level_4_agrees(small: dict[st
 # -- all-MiniLM-L6-v2 on real review sentences ---------------------------------------------
 
 
-def _peer_rtn(model: onnx.ModelProto) -> onnx.ModelProto:
+def peer_rtn(
+    model: onnx.ModelProto, group: int = 32, sym: bool = True, accuracy_level: int = 0
+) -> onnx.ModelProto:
+    """onnxruntime's MatMulNBitsQuantizer (its RTN) on a copy of ``model``, 4 bits."""
     try:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     except ModuleNotFoundError as exc:  # it imports onnx_ir, which onnxruntime does not declare
@@ -236,7 +239,9 @@ def _peer_rtn(model: onnx.ModelProto) -> onnx.ModelProto:
         )
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # the peer rewrites the model it is given
-    peer = MatMulNBitsQuantizer(copy, block_size=32, is_symmetric=True, accuracy_level=0)
+    peer = MatMulNBitsQuantizer(
+        copy, block_size=group, is_symmetric=sym, accuracy_level=accuracy_level
+    )
     peer.process()
     out: onnx.ModelProto = peer.model.model
     return out
@@ -264,7 +269,7 @@ def minilm_results(
     held = [models.encode(texts[i : i + 100]) for i in range(400, 700, 100)]
     reference = _embed(minilm, held)
     out: dict[str, Any] = {"cosine": {}, "size": {}}
-    out["cosine"]["peer RTN"] = _cosine(_embed(_peer_rtn(minilm), held), reference)
+    out["cosine"]["peer RTN"] = _cosine(_embed(peer_rtn(minilm), held), reference)
     full = {"rtn_args": {"enable_full_range": True}}
     for label, conf, data in (
         ("RTN", woq(), None),

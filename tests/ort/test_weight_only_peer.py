@@ -17,6 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from inc_core import PostTrainingQuantConfig, quantization
 
+from .test_weight_only_fit import peer_rtn
+
 #: (MiniLM weight, K rows kept): 1536 and 384 are whole blocks of 32 and 128; 1000 is neither
 #: (the last block is padded: 1000 = 31 * 32 + 8 = 7 * 128 + 104)
 WEIGHTS = (
@@ -36,21 +38,6 @@ def _one_matmul(w: np.ndarray) -> onnx.ModelProto:
         [numpy_helper.from_array(w, "w")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _peer(model: onnx.ModelProto, group: int, sym: bool) -> onnx.ModelProto:
-    try:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    except ModuleNotFoundError as exc:  # it imports onnx_ir, which onnxruntime does not declare
-        pytest.fail(
-            f"onnxruntime's MatMulNBitsQuantizer cannot be imported ({exc}); pip install onnx-ir"
-        )
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # the peer rewrites the model it is given
-    peer = MatMulNBitsQuantizer(copy, block_size=group, is_symmetric=sym, accuracy_level=4)
-    peer.process()
-    out: onnx.ModelProto = peer.model.model
-    return out
 
 
 def _inc(model: onnx.ModelProto, group: int, scheme: str) -> onnx.ModelProto:
@@ -83,7 +70,7 @@ def test_rtn_bytes_equal_onnxruntimes_quantizer(
     w = next(numpy_helper.to_array(i) for i in minilm.graph.initializer if i.name == name)[:k]
     model = _one_matmul(np.ascontiguousarray(w))
     (ref_attrs, ref), (inc_attrs, got) = (
-        _matmulnbits(_peer(model, group, scheme == "sym")),
+        _matmulnbits(peer_rtn(model, group, scheme == "sym", accuracy_level=4)),
         _matmulnbits(_inc(model, group, scheme)),
     )
     for key in ("K", "N", "bits", "block_size"):
