@@ -86,12 +86,8 @@ def test_builds_are_the_parents_bytes_on_the_digits_cnn(
 def test_builds_are_the_parents_bytes_on_a_converter_graph(monkeypatch) -> None:
     """paddle2onnx's text-line classifier (rapidocr's wheel): depthwise and per-channel convs,
     shared biases, hundreds of initializers."""
-    model = MODELS["ppocr-cls"]
-    try:
-        path = model.path()
-    except ModuleNotFoundError as exc:
-        pytest.skip(f"corpus model not installed: {exc}")
-    _builds_match(str(path), model.batches("calib", 2), monkeypatch)
+    model = MODELS["ppocr-cls"]  # tox's ort env installs rapidocr: a missing wheel fails here
+    _builds_match(str(model.path()), model.batches("calib", 2), monkeypatch)
 
 
 # ---------------------------------------------------------------------- the index itself

@@ -34,7 +34,11 @@ def only_the_plain_install() -> None:
     if os.environ.get("TOX_ENV_NAME") == "pip-ort":
         assert plain, "tox -e pip-ort must hold inc-core and inc-ort alone (torch is installed)"
     elif not plain:
-        pytest.skip("this check runs in tox -e pip-ort (a venv with only inc-core and inc-ort)")
+        found = "torch is installed" if installed("torch") else "inc-ort is not installed"
+        pytest.skip(
+            f"checks a plain `pip install inc-ort` venv and {found} here; tox -e pip-ort "
+            "builds that venv (inc-core and inc-ort alone) and fails there instead of skipping"
+        )
 
 
 def test_the_plain_install_brings_the_cpu_runtime_and_only_it():
