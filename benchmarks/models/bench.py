@@ -109,15 +109,19 @@ def guards(rows: list[dict[str, Any]]) -> str:
 
 def _guard_time(r: dict[str, Any]) -> str:
     """What the guards cost, out of the whole fit the table's quantization time measures: the
-    guards' own work (fidelity comparisons, speed rounds, fallback builds), and apart from it
-    the per-op diagnosis, which fit measures with guards=False too."""
+    guards' own work -- the checks every model gets (fidelity comparison, speed rounds) and the
+    repair only a model that failed one of them gets (fallback builds and their comparisons or
+    rounds) -- and apart from it the per-op diagnosis, which fit measures with guards=False too."""
     total, diagnosis = r.get("inc_guard_s"), r.get("inc_diagnosis_s") or 0.0
     if total is None or not r.get("inc_s"):
         return ""
-    own = total - diagnosis
+    own, repair = total - diagnosis, r.get("inc_repair_s") or 0.0
+    checks = own - repair
     return (
         f"; guards {own:.2f} s = {100 * own / r['inc_s']:.0f}% of the {r['inc_s']:.2f} s"
-        f" quantization (+ per-op diagnosis {diagnosis:.2f} s = {100 * diagnosis / r['inc_s']:.0f}%)"
+        f" quantization: checks {checks:.2f} s = {100 * checks / r['inc_s']:.0f}%, repair"
+        f" {repair:.2f} s = {100 * repair / r['inc_s']:.0f}% (+ per-op diagnosis"
+        f" {diagnosis:.2f} s = {100 * diagnosis / r['inc_s']:.0f}%)"
     )
 
 

@@ -83,4 +83,5 @@ def inc_columns(q: Any, secs: float, mem: float) -> dict[str, Any]:
         "inc_fallback": q.report.get("fallback"),
         "inc_guard_s": q.report.get("guard_seconds"),
         "inc_diagnosis_s": q.report.get("diagnosis_seconds"),
+        "inc_repair_s": q.report.get("repair_seconds"),
     }

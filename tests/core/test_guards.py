@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from inc_core import PostTrainingQuantConfig, guards, load, quantization, speed
+from inc_core import PostTrainingQuantConfig, fidelity, guards, load, quantization, speed
 from inc_core import backend as registry
 from inc_core.data import split_calibration
 from inc_core.errors import ConfigError, GuardWarning
@@ -837,3 +837,97 @@ def test_a_gap_of_a_few_ops_is_not_worth_a_build_each():
     assert guards.refine(4, 8, holds, candidates=77) == 8 and probed == []
     assert guards.refine(4, 40, holds, candidates=77) <= 6 + int(77 * guards.REFINE_SHARE)
     assert 0 < len(probed) <= guards.REFINE_PROBES
+
+
+def test_the_refine_probe_follows_the_measured_margins_where_it_has_them():
+    """PicoDet: 8, 32 and 64 of 112 ops in fp32 measured 4.8, 10.4 and 14.5 dB (15 needed)."""
+    margins = {0: -14.0, 8: -10.2, 32: -4.6, 64: -0.5, 112: None}
+    assert guards.secant_probe(64, 112, margins) == 70
+    probed: list[int] = []
+
+    def holds(count: int) -> bool:
+        probed.append(count)
+        return count >= 70
+
+    assert guards.refine(64, 112, holds, candidates=112, margins=margins) == 70
+    assert probed == [70]  # halving the gap took 88, 76, 70
+    # both ends measured: the crossing lies between them, kept off the ends
+    both = {16: -7.8, 32: 4.5}
+    assert 18 <= guards.secant_probe(16, 32, both) <= 30
+    # a line through the ends that does not rise, or one measured count: the middle
+    assert guards.secant_probe(16, 32, {16: -2.0, 32: -3.0}) == 24
+    assert guards.secant_probe(64, 112, {64: -0.5, 112: None}) == 88
+    # far outside the gap: kept inside its middle three quarters
+    assert guards.secant_probe(64, 112, {32: -40.0, 64: -39.9}) == 112 - 48 // 8
+
+
+def test_the_margin_is_the_worst_term_above_the_threshold_and_none_when_clamped():
+    rows = [
+        {"sqnr_db": 14.5, "agreement": 0.83, "channel_sqnr_db": 11.2},
+        {"sqnr_db": 9.0, "agreement": 0.97},  # holds by agreement: its SQNR says nothing
+    ]
+    assert fidelity.margin_db(rows) == pytest.approx(-0.5)
+    assert fidelity.margin_db([{"sqnr_db": 30.0, "channel_sqnr_db": 1.0}]) == pytest.approx(-2.0)
+    assert fidelity.margin_db([{"sqnr_db": fidelity.SQNR_CLAMP_DB}]) is None
+
+
+class NoisyInt8(ToyBackend):
+    """Every int8 op spoils the outputs: only the model with no op int8 holds fidelity."""
+
+    name = "noisyint8"
+    priority = 1
+
+    def predict(self, model: ToyNet, inputs: Any) -> np.ndarray:
+        out = super().predict(model, inputs)
+        if model.plan is not None and model.plan.quantized_ops():
+            out = out + np.random.default_rng(0).normal(0, 3 * out.std(), out.shape)
+        return out
+
+
+def test_every_op_in_fp32_holds_without_a_comparison():
+    with Registered(NoisyInt8):
+        q = fit(toy_net())
+    fid = q.report["fidelity"]
+    assert q.plan.quantized_ops() == [] and fid["holds"] is True
+    last = [s for s in fid["steps"] if s["fp32_ops"] == len(q.plan.ops)]
+    assert last == [{"fp32_ops": 4, "holds": True, "compared": "no op int8"}]
+    assert q.report["speed"] == {"skipped": "no op left quantized"}
+    assert 0 < q.report["repair_seconds"] <= q.report["guard_seconds"]
+
+
+def test_a_candidate_that_shows_no_gain_stops_at_the_fewest_rounds():
+    bench = speed.Bench(Constant(), 1.0, np.zeros((2, 2)))
+    # at 1.0 x fp32 against a limit of 0.97: every round runs to tell a tie from "above" ...
+    assert len(bench.time(1.0, speed.NOT_FASTER).ratios) == speed.ROUNDS
+    # ... which a caller keeping only "below" does not need
+    timing = bench.time(1.0, speed.NOT_FASTER, below=True)
+    assert (len(timing.ratios), timing.verdict) == (speed.MIN_ROUNDS, None)
+    # a candidate below the limit runs on until it is clear
+    assert bench.time(0.5, speed.NOT_FASTER, below=True).verdict == "below"
+
+
+class SpreadInt8(ToyBackend):
+    """A busy machine: int8's first round took 0.6x fp32's time and every later one 0.9x, so
+    its best round is far below fp32's but its two best rounds disagree too much to tell."""
+
+    name = "spread"
+    priority = 1
+    calls = 0
+
+    def latency(self, model: ToyNet, inputs: Any) -> float:
+        value = super().latency(model, inputs)
+        if model.plan is not None and model.plan.quantized_ops():
+            SpreadInt8.calls += 1
+            value = 4e-3 * (0.6 if SpreadInt8.calls == 1 else 0.9)
+        return value
+
+
+def test_a_tie_below_clearly_faster_is_not_searched_for_fp32_ops():
+    SpreadInt8.calls = 0
+    with Registered(SpreadInt8):
+        q = fit(toy_net())
+    measured = q.report["speed"]
+    assert measured["verdict"] == "tie" and measured["ratio"] <= guards.CLEARLY_FASTER
+    assert not [row for row in measured.get("tried", []) if "fp32" in row]
+    assert q.report["fallback"] == [] and len(q.plan.quantized_ops()) == 4
+    assert q.guard_warnings == []

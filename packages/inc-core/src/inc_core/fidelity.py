@@ -223,6 +223,22 @@ def holds(outputs: Sequence[Mapping[str, Any]]) -> bool:
     return all(output_holds(row) for row in outputs)
 
 
+def margin_db(outputs: Sequence[Mapping[str, Any]]) -> float | None:
+    """How far ``outputs`` (``compare``'s rows) are above the default threshold, in dB (< 0:
+    below it): the worst of each output's SQNR over ``MIN_SQNR_DB`` (left out where its argmax
+    agreement holds) and its worst channel over ``MIN_CHANNEL_SQNR_DB``. None when no term is
+    measured below the clamp (outputs identical to fp32 say nothing about how far they are)."""
+    terms = []
+    for row in outputs:
+        agrees = row.get("agreement") is not None and row["agreement"] >= MIN_AGREEMENT
+        if not agrees:
+            terms.append(row["sqnr_db"] - MIN_SQNR_DB)
+        if row.get("channel_sqnr_db") is not None:
+            terms.append(row["channel_sqnr_db"] - MIN_CHANNEL_SQNR_DB)
+    measured = [t for t in terms if t < SQNR_CLAMP_DB - MIN_SQNR_DB]
+    return min(measured) if measured else None
+
+
 def threshold() -> dict[str, float]:
     """The default threshold as written in reports."""
     return {

@@ -162,9 +162,16 @@ class Bench:
             self.calls += 1
         return float(self.backend.latency(self.fp32, self.inputs))
 
-    def time(self, model: Any, limit: float = NOT_FASTER, rounds: int = ROUNDS) -> Timing:
+    def time(
+        self, model: Any, limit: float = NOT_FASTER, rounds: int = ROUNDS, below: bool = False
+    ) -> Timing:
         """Interleaved rounds until ``verdict`` decides against ``limit`` (the ratio the
-        caller decides by), at most ``rounds``; the answer is in ``Timing.verdict``."""
+        caller decides by), at most ``rounds``; the answer is in ``Timing.verdict``.
+
+        ``below``: only a "below" verdict matters to the caller (a candidate is kept only when
+        faster), so rounds stop at ``MIN_ROUNDS`` when the best rounds are not below ``limit``
+        at all: more rounds would only tell a tie from "above" (on PicoDet and basic-pitch the
+        candidates that tied took 5 rounds each, a third of the speed search's time)."""
         timing = Timing(limit=limit)
         for done in range(1, rounds + 1):
             timing.fp32.append(self._fp32())
@@ -173,6 +180,8 @@ class Bench:
             timing.verdict = verdict(timing.fp32, timing.model, limit, final=done == rounds)
             if timing.verdict is not None:
                 break
+            if below and done >= MIN_ROUNDS and timing.ratio >= limit:
+                break
         return timing
 
     def decide(self, model: Any, limit: float, act: Verdict) -> Timing:
@@ -180,10 +189,10 @@ class Bench:
         puts ops in fp32, "below" keeps a candidate) a second measurement: one busy stretch
         must not make the guard act. Returns both merged when the second agrees, else the
         second alone (the first was the busy stretch); ``verdict`` is the answer."""
-        first = self.time(model, limit)
+        first = self.time(model, limit, below=act == "below")
         if first.verdict != act:
             return first
-        second = self.time(model, limit)
+        second = self.time(model, limit, below=act == "below")
         if second.verdict != act:
             return second
         merged = first + second
