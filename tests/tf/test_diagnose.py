@@ -126,6 +126,25 @@ def test_latency_of_fp32_and_int8_is_measured_per_batch(cnn, digits):
     assert backend.latency(q, batches) > 0
 
 
+def test_fp32_latency_traces_each_model_once_and_forgets_it_with_the_model(digits):
+    """The speed guard times fp32 in every round: one tf.function per model, traced once."""
+    import gc
+
+    import keras
+
+    from inc_tf import backend as tf_backend
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    backend, batches = TfBackend(), [digits.x_test[:16]]
+    for _ in range(3):
+        assert backend.latency(model, batches) > 0
+    assert tf_backend._SERVING[model].experimental_get_tracing_count() == 1
+    before = len(tf_backend._SERVING)
+    del model
+    gc.collect()
+    assert len(tf_backend._SERVING) == before - 1
+
+
 def test_fit_op_report_says_what_ran(cnn, digits):
     # guards=False: the diagnosis is still made, and no timing decides which ops stay int8
     conf = PostTrainingQuantConfig(op_name_dict={"conv2": FP32}, guards=False)
