@@ -931,3 +931,20 @@ def test_a_tie_below_clearly_faster_is_not_searched_for_fp32_ops():
     assert not [row for row in measured.get("tried", []) if "fp32" in row]
     assert q.report["fallback"] == [] and len(q.plan.quantized_ops()) == 4
     assert q.guard_warnings == []
+
+
+def test_a_line_that_only_shaves_the_gap_is_followed_by_a_halving():
+    """MiniLM-L6 failed with 16 and held with 32 of 50; its SQNR is flat from 23 to 32, so the
+    line through the margins kept landing just inside the holding end (26, 24, 23)."""
+    margins: dict[int, float | None] = {8: -0.9, 16: -1.56, 32: 0.8}
+    probed: list[int] = []
+
+    def holds(count: int) -> bool:
+        probed.append(count)
+        margins[count] = 0.3 if count >= 23 else -1.0
+        return count >= 23
+
+    found = guards.refine(16, 32, holds, candidates=50, margins=margins)
+    assert probed[0] == guards.secant_probe(16, 32, {16: -1.56, 32: 0.8}) == 26
+    assert probed[1] == (16 + 26) // 2  # 26 did not halve 16..32
+    assert found <= 26 and len(probed) <= 2

@@ -236,7 +236,8 @@ def refine(
     ``REFINE_PROBES`` probes, and none once the gap is within ``REFINE_SHARE`` of
     ``candidates`` (the ops that may fall back; default: ``holding``). Each probe is where the
     measured fidelity ``margins`` (count -> ``fidelity.margin_db``, kept up to date by
-    ``holds``) say the threshold is crossed (``secant_probe``); the middle without them.
+    ``holds``) say the threshold is crossed (``secant_probe``), or the middle: without
+    margins, and after a probe that did not halve the gap.
 
     The doubling steps leave gaps as wide as half the candidates: PicoDet held with all 112
     ops fp32 and failed with 64 (14.5 dB against 15), so the guard returned no int8 op. A gap
@@ -244,14 +245,19 @@ def refine(
     a fifth of its quantization time) for two more int8 convs.
     """
     enough = max(1, int(REFINE_SHARE * (holding if candidates is None else candidates)))
+    halve = not margins
     for _ in range(REFINE_PROBES):
-        if holding - failing <= enough:
+        gap = holding - failing
+        if gap <= enough:
             break
-        probe = secant_probe(failing, holding, margins or {})
+        probe = (failing + holding) // 2 if halve else secant_probe(failing, holding, margins or {})
         if holds(probe):
             holding = probe
         else:
             failing = probe
+        # a line that only shaved the gap (SQNR flat near the holding end, MiniLM-L6: 16..32,
+        # then 26, 24, 23 all held) is followed by a halving, as regula falsi's safeguard
+        halve = not margins or 2 * (holding - failing) > gap
     return holding
 
 
