@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .calibrate import session as exposing_session
     from .canonical import canonicalize
     from .feeds import to_feed
-    from .quantizer import IncQDQQuantizer, IncQOperatorQuantizer, run
+    from .quantizer import IncQDQQuantizer, IncQOperatorQuantizer, check, run
 else:
     cleanup = Lazy("inc_ort.cleanup")
     graph = Lazy("inc_ort.graph")
@@ -68,6 +68,7 @@ else:
     IncQDQQuantizer = Lazy("inc_ort.quantizer", "IncQDQQuantizer")
     IncQOperatorQuantizer = Lazy("inc_ort.quantizer", "IncQOperatorQuantizer")
     run = Lazy("inc_ort.quantizer", "run")
+    check = Lazy("inc_ort.quantizer", "check")
 
 # Without onnx or onnxruntime the plugin still fails to load, as it did when it imported them
 # here: _runtime raises the error naming what to install (find_spec imports nothing).
@@ -302,7 +303,9 @@ class OrtBackend(Backend):
                 del work
                 work = run(quantizer)
             out = work
-        return finish(out, model)
+        out = finish(out, model)
+        check(out, self._serialized(out))
+        return out
 
     def effective_plan(self, model: onnx.ModelProto, plan: QuantPlan) -> QuantPlan:
         """``plan`` with the ops that first/last/pre_post recipes keep in fp32 shown as fp32."""
