@@ -328,7 +328,7 @@ class TfBackend(Backend):
             graph = _SERVING.get(model)
             if graph is None:
                 # the function holds the model weakly: an entry must not keep its key alive
-                served = weakref.ref(model)
+                served: Any = weakref.ref(model)
                 graph = tf.function(lambda xs: served()(xs, training=False), reduce_retracing=True)
                 _SERVING[model] = graph
             batches = [self._arrays(model, batch) for batch in inputs]
