@@ -66,10 +66,7 @@ def fmt_ms(row: dict[str, Any], key: str) -> str:
     if f"{key}_ms" not in row:
         return "-"
     ms = row[f"{key}_ms"]
-    if key != "fp32":
-        return f"{ms:.2f} ({row['fp32_ms'] / ms:.2f}x)"
-    again = row.get("fp32_again_ms")
-    return f"{ms:.2f} (again {ms / again:.2f}x)" if again else f"{ms:.2f}"
+    return f"{ms:.2f}" if key == "fp32" else f"{ms:.2f} ({row['fp32_ms'] / ms:.2f}x)"
 
 
 def fmt(v: Any, spec: str) -> str:
@@ -78,7 +75,7 @@ def fmt(v: Any, spec: str) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| model | source package | exporter | task | batch | fp32 ms (vs itself) | inc ms (speed-up) | peer ms (speed-up) "
+        "| model | source package | exporter | task | batch | fp32 ms | inc ms (speed-up) | peer ms (speed-up) "
         "| fidelity metric | fidelity fp32 / inc / peer | quant. s inc / peer | peak RSS +MB inc / peer |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
@@ -170,8 +167,6 @@ def main() -> None:
         "ONNX; torch.ao FX `prepare_fx`/`convert_fx` with `get_default_qconfig_mapping('x86')` for torch;",
         "for Keras, TensorFlow's full-integer TFLite flow (`TFLiteConverter.from_keras_model`, `Optimize.DEFAULT`,",
         "a representative dataset, `TFLITE_BUILTINS_INT8`; same interpreter and 2 threads as inc's model).",
-        "fp32 also runs again at the end of every round: its ratio to itself (\"again\") is the spread a",
-        "speed-up must leave to be one; an inc or peer speed-up within it of 1.00x is a tie.",
         f"Fidelity is measured on {args.eval} held-out batches against the fp32 outputs (1.0 = identical).",
         "Peak memory: growth of the process's peak RSS (Linux VmHWM, reset before each quantization) over RSS before it.",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; whole run {total:.0f} s.",

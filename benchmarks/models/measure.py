@@ -40,20 +40,11 @@ def measured(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return out, secs, max(peak_rss_mb() - before, 0.0)
 
 
-#: seconds between two runners of a round
-SETTLE_S = 0.02
-
-
 def interleaved(
     runners: dict[str, Callable[[], object]], rounds: int, min_round_s: float = 0.2
 ) -> dict[str, float]:
     """Median seconds per call of each runner; variants alternate within every round so a noisy
-    neighbour slows them alike. Each round repeats a call until ``min_round_s`` has passed.
-
-    The first runner (fp32) runs again at the end of every round, as ``<name>_again``: fp32
-    against itself is the spread a speed-up must leave to be one (an A/A measurement)."""
-    first = next(iter(runners))
-    runners = {**runners, f"{first}_again": runners[first]}
+    neighbour slows them alike. Each round repeats a call until ``min_round_s`` has passed."""
     inner: dict[str, int] = {}
     for name, run in runners.items():
         run()  # warm-up (first-run allocations, kernel selection)
@@ -64,10 +55,6 @@ def interleaved(
     samples: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):
         for name, run in runners.items():
-            # the runner before may leave worker threads spinning (onnxruntime's default):
-            # they would steal the cores of this one's first calls. A short pause lets them
-            # park (without it, fp32 timed after the peer ran 1.5x its own time on silero)
-            time.sleep(SETTLE_S)
             start = time.perf_counter()
             for _ in range(inner[name]):
                 run()
