@@ -69,11 +69,11 @@ def _activation(dtypes: tuple[str, ...]) -> TensorOptions:
     )
 
 
-# INC's TensorFlow capability (Conv2D: per-channel or per-tensor weights; MatMul: per-tensor,
-# which is also all TFLite's FullyConnected takes from FakeQuant weights).
 #: the ``tf.function`` that serves each fp32 Keras model ``latency`` times, while it lives
 _SERVING: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
+# INC's TensorFlow capability (Conv2D: per-channel or per-tensor weights; MatMul: per-tensor,
+# which is also all TFLite's FullyConnected takes from FakeQuant weights).
 _CONV_WEIGHT = TensorOptions(
     dtype=("int8",), scheme=("sym",), granularity=("per_channel", "per_tensor")
 )
