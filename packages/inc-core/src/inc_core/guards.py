@@ -76,11 +76,17 @@ REFINE_SHARE = 1 / 10
 OP_SAMPLES = 4
 
 
+def first_samples(batch: Any, count: int) -> Any:
+    """The first ``count`` samples of ``batch`` (all of it when it holds no more, or cannot be
+    cut; None stays None)."""
+    if batch is None or not splittable(batch) or batch_size(batch) <= count:
+        return batch
+    return take_samples(batch, count)
+
+
 def diagnosis_batch(batch: Any) -> Any:
     """The first ``OP_SAMPLES`` samples of ``batch`` (all of it when it cannot be cut)."""
-    if batch is None or not splittable(batch) or batch_size(batch) <= OP_SAMPLES:
-        return batch
-    return take_samples(batch, OP_SAMPLES)
+    return first_samples(batch, OP_SAMPLES)
 
 
 def op_sqnr(
@@ -888,8 +894,7 @@ def _weight_only_speed(session: Session, native: Any, batch: Any) -> dict[str, A
     is one row); a whole batch of long prompts cost SmolLM2-135M's fit 142 s of 200."""
     if batch is None:
         return {"skipped": "no calibration batch to time (pass calib_dataloader to measure)"}
-    if splittable(batch) and batch_size(batch) > 1:
-        batch = take_samples(batch, 1)
+    batch = first_samples(batch, 1)
     try:
         bench = Bench(session.backend, session.model, batch)
         timing = bench.time(native, rounds=MIN_ROUNDS)
